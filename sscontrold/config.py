@@ -1,0 +1,354 @@
+"""Settings: built-in defaults < INI file < environment < command-line flags.
+
+Pure: no Twisted import. ``load()`` returns one frozen ``Settings`` or raises
+``ConfigError`` whose text is one line naming the key, where the bad value came
+from and what is wrong with it (never the value of a secret).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+DEFAULT_CONFIG_FILE = "/etc/sscontrol/signaling.conf"
+
+
+class ConfigError(Exception):
+    """A setting is invalid; ``str()`` is the one line shown to the operator."""
+
+
+# --- value parsers: each takes the raw string and returns the value or raises ValueError
+
+
+def _str(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _optional_str(raw: str) -> str | None:
+    value = raw.strip()
+    return value or None
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item for item in raw.replace(",", " ").split() if item)
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise ValueError(f"expected a whole number {bound}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+        if not value >= minimum or value == float("inf"):
+            raise ValueError(f"expected a number of seconds greater than or equal to {minimum:g}")
+        return value
+
+    return parse
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("debug", "info", "warn", "error", "critical"):
+        raise ValueError("expected one of debug, info, warn, error, critical")
+    return value
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    section: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    env: tuple[str, ...] = ()  # legacy names, checked after SSCONTROL_<NAME>
+    secret: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        own = "SSCONTROL_" + self.name.upper()
+        return (own,) + tuple(name for name in self.env if name != own)
+
+
+# The single table of settings: the INI file, the environment, the flags, --help and
+# the shipped example all derive from it.
+FIELDS: tuple[Field, ...] = (
+    # [server]
+    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",)),
+    Field("port", "server", _int_range(0, 65535), 8443, "Port of the public listener.", ("SIGNALING_PORT",)),
+    Field("tls_cert", "server", _optional_str, None,
+          "PEM file with the certificate and its chain (leaf first). Unset: plain ws://.",
+          ("SSCONTROL_TLS_CERT",)),
+    Field("tls_key", "server", _optional_str, None, "PEM file with the private key of tls_cert.",
+          ("SSCONTROL_TLS_KEY",)),
+    Field("admin_enabled", "server", _bool, True, "Serve /health /ready /live /metrics on the admin listener."),
+    Field("admin_host", "server", _str, "127.0.0.1", "Address of the admin listener (keep it on loopback)."),
+    Field("admin_port", "server", _int_range(0, 65535), 9464, "Port of the admin listener."),
+    # [auth]
+    Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
+          "empty: auth off). Prefer api_key_file or the systemd credential api_keys.",
+          ("SSCONTROL_API_KEY",), secret=True),
+    Field("api_key_file", "auth", _optional_str, None, "File with one API key per line, added to api_keys."),
+    Field("auth_window", "auth", _seconds(1), 300.0, "How old an auth timestamp may be, in seconds."),
+    Field("auth_clock_skew", "auth", _seconds(0), 30.0, "How far in the future an auth timestamp may be."),
+    Field("auth_timeout", "auth", _seconds(0.1), 10.0,
+          "With auth on, close (1008) a connection not authenticated after this many seconds."),
+    Field("device_allowlist", "auth", _list, (), "If set, only these device ids may authenticate."),
+    Field("nonce_store_max", "auth", _int_range(1000), 1_000_000,
+          "Most nonces remembered at once; when full, auth is refused rather than replay protection lost."),
+    # [limits]
+    Field("max_message_bytes", "limits", _int_range(1024, 16 * 1024 * 1024), 65536,
+          "Largest WebSocket message; a larger one closes the connection with 1009."),
+    Field("max_frame_bytes", "limits", _int_range(1024, 16 * 1024 * 1024), 65536,
+          "Largest WebSocket frame; a larger one closes the connection with 1009."),
+    Field("max_sdp_bytes", "limits", _int_range(1), 60000, "Longest sdp field, in UTF-8 bytes."),
+    Field("max_candidate_bytes", "limits", _int_range(1), 2048, "Longest ICE candidate field, in UTF-8 bytes."),
+    Field("max_id_length", "limits", _int_range(1, 4096), 128,
+          "Longest device_id, room_id, peer id, nonce or sdp_mid, in characters."),
+    Field("rate_limit_per_second", "limits", _seconds(0.01), 50.0, "Messages per second a connection may send."),
+    Field("rate_limit_burst", "limits", _int_range(1), 200, "Messages a connection may send at once."),
+    Field("rate_limit_strikes", "limits", _int_range(1), 50,
+          "Refused messages in a row (each answered with an error) before the connection is closed with 1008."),
+    Field("max_peers_per_room", "limits", _int_range(1), 16, "Peers in one room; the next join gets 'room full'."),
+    Field("max_connections", "limits", _int_range(1), 20000, "WebSocket connections in total (503 at the handshake)."),
+    Field("max_connections_per_ip", "limits", _int_range(1), 100,
+          "WebSocket connections from one client address (429 at the handshake)."),
+    Field("handshake_timeout", "limits", _seconds(0.1), 10.0,
+          "Seconds a client has to complete the HTTP request / WebSocket handshake."),
+    # Autobahn schedules keepalive timers on whole seconds (rounding down), so a timeout
+    # under 2 s could fire before a healthy peer's pong arrives.
+    Field("ping_interval", "limits", _seconds(0), 30.0, "Seconds between WebSocket pings (0: off)."),
+    Field("ping_timeout", "limits", _seconds(2), 15.0,
+          "Seconds to wait for a pong before dropping the peer (at least 2)."),
+    Field("drain_timeout", "server", _seconds(0), 10.0,
+          "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
+    Field("trusted_proxies", "server", _list, (),
+          "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
+    # [turn]
+    Field("turn_secrets", "turn", _list, (), "coturn static-auth-secret values; the first signs, all are "
+          "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file or the credential "
+          "turn_secrets.", ("TURN_PASSWORD",), secret=True),
+    Field("turn_secret_file", "turn", _optional_str, None, "File with one TURN secret per line, added to turn_secrets."),
+    Field("turn_uris", "turn", _list, (), "TURN/STUN URIs handed to clients, e.g. "
+          "turn:turn.example.com:3478?transport=udp turns:turn.example.com:5349?transport=tcp"),
+    Field("turn_ttl", "turn", _int_range(60, 7 * 86400), 86400, "Lifetime of TURN credentials, in seconds."),
+    Field("turn_user", "turn", _str, "sscontrol", "User part of TURN usernames when the caller names none."),
+    # [sessions]
+    Field("session_ttl", "sessions", _int_range(10), 300, "Default lifetime of a REST session, in seconds."),
+    Field("session_ttl_max", "sessions", _int_range(10), 3600, "Longest REST session lifetime a client may ask for."),
+    Field("session_max_attempts", "sessions", _int_range(1), 3,
+          "GETs of a session beyond the first before it is deleted (enumeration guard)."),
+    Field("session_max_count", "sessions", _int_range(1), 10000, "REST sessions held at once."),
+    Field("session_body_max_bytes", "sessions", _int_range(1024), 65536, "Largest REST request body."),
+    Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
+    Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),
+    # [log]
+    Field("log_level", "log", _log_level, "info", "Lowest level logged: debug, info, warn, error, critical."),
+    Field("log_format", "log", _log_format, "text", "text (one line per event) or json."),
+)
+
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+
+# Secret settings that may also be handed in as a systemd credential of the same name.
+CREDENTIAL_FIELDS = tuple(f.name for f in FIELDS if f.secret)
+
+Settings = dataclasses.make_dataclass(
+    "Settings",
+    [(f.name, Any) for f in FIELDS] + [("config_file", Any, dataclasses.field(default=None))],
+    frozen=True,
+)
+Settings.__doc__ = "The daemon's effective settings (immutable; a reload builds a new one)."
+Settings.auth_enabled = property(lambda self: bool(self.api_keys))
+Settings.tls_enabled = property(lambda self: self.tls_cert is not None)
+Settings.__repr__ = lambda self: "Settings(%s)" % ", ".join(  # keep secrets out of any log line
+    f"{f.name}={'<%d set>' % len(getattr(self, f.name)) if f.secret else repr(getattr(self, f.name))}"
+    for f in FIELDS
+)
+
+
+def _parse(field: Field, raw: str, source: str) -> Any:
+    try:
+        return field.parse(raw)
+    except ValueError as e:
+        shown = "" if field.secret else f", got {raw.strip()!r}"
+        raise ConfigError(f"invalid setting {field.name} from {source}: {e}{shown}") from None
+
+
+def _read_ini(path: str, explicit: bool) -> dict[str, tuple[str, str]]:
+    """Raw values from the INI file: name -> (raw, source)."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"invalid setting config: file {path} does not exist") from None
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"invalid setting config: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"invalid setting config: {path} is not a valid INI file: {first}") from None
+    values: dict[str, tuple[str, str]] = {}
+    for section in parser.sections():
+        for key, raw in parser.items(section):
+            field = FIELDS_BY_NAME.get(key)
+            source = f"{path} [{section}] {key}"
+            if field is None:
+                raise ConfigError(f"invalid setting {key} from {source}: unknown key")
+            if field.section != section:
+                raise ConfigError(f"invalid setting {key} from {source}: belongs in section [{field.section}]")
+            values[key] = (raw, source)
+    return values
+
+
+def _read_secret_file(path: str, key: str, source: str) -> tuple[str, ...]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"invalid setting {key} from {source}: cannot read {path}: {reason}") from None
+
+
+def load(
+    flags: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Settings:
+    """Build the settings from the file, the environment and the flags.
+
+    ``flags`` maps setting names to the raw strings given on the command line.
+    ``config_file`` is the --config flag; unset, SSCONTROL_CONFIG or the default
+    path is used when it exists.
+    """
+    flags = dict(flags or {})
+    environ = os.environ if environ is None else environ
+    explicit = config_file is not None or "SSCONTROL_CONFIG" in environ
+    path = config_file or environ.get("SSCONTROL_CONFIG") or DEFAULT_CONFIG_FILE
+
+    raw: dict[str, tuple[str, str]] = _read_ini(path, explicit)
+    for field in FIELDS:
+        for env_name in field.env_names:
+            if env_name in environ:
+                raw[field.name] = (environ[env_name], f"environment variable {env_name}")
+                break
+    for name, value in flags.items():
+        if name not in FIELDS_BY_NAME:
+            raise ConfigError(f"invalid setting {name} from command line: unknown option")
+        raw[name] = (value, f"command line --{FIELDS_BY_NAME[name].flag}")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for field in FIELDS:
+        if field.name in raw:
+            text, source = raw[field.name]
+            values[field.name] = _parse(field, text, source)
+            sources[field.name] = source
+        else:
+            values[field.name] = field.default
+            sources[field.name] = "the built-in default"
+
+    # Secrets may also come from files and from systemd credentials; all are accepted
+    # together, so a new key can be added before the old one is removed.
+    for name, file_key in (("api_keys", "api_key_file"), ("turn_secrets", "turn_secret_file")):
+        if values[file_key]:
+            values[name] += _read_secret_file(values[file_key], file_key, sources[file_key])
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        for name in CREDENTIAL_FIELDS:
+            cred_path = os.path.join(credentials, name)
+            if os.path.exists(cred_path):
+                values[name] = tuple(values[name]) + _read_secret_file(
+                    cred_path, name, f"systemd credential {name}")
+    for name in CREDENTIAL_FIELDS:
+        values[name] = tuple(dict.fromkeys(values[name]))  # drop repeats, keep order
+
+    _check_together(values, sources)
+    return Settings(**values, config_file=path if os.path.exists(path) else None)
+
+
+def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"invalid setting {key} from {sources[key]}: {why}")
+
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        missing = "tls_key" if values["tls_cert"] else "tls_cert"
+        present = "tls_cert" if missing == "tls_key" else "tls_key"
+        fail(present, f"{missing} must be set too")
+    if values["max_frame_bytes"] > values["max_message_bytes"]:
+        fail("max_frame_bytes", "must not exceed max_message_bytes")
+    if values["max_sdp_bytes"] > values["max_message_bytes"]:
+        fail("max_sdp_bytes", "must not exceed max_message_bytes")
+    if values["session_ttl"] > values["session_ttl_max"]:
+        fail("session_ttl", "must not exceed session_ttl_max")
+    if values["turn_secrets"] and not values["turn_uris"]:
+        fail("turn_uris", "must be set when TURN secrets are configured")
+    if values["admin_enabled"] and values["admin_port"] == values["port"] and values["port"] != 0:
+        fail("admin_port", "must differ from port")
+
+
+def example_file() -> str:
+    """The documented example configuration, generated from FIELDS."""
+    lines = [
+        "# sscontrol-signaling configuration.",
+        "# Precedence: built-in defaults < this file < environment (SSCONTROL_<KEY>) < flags.",
+        "# Every key is shown with its default, commented out.",
+    ]
+    section = None
+    for field in FIELDS:
+        if field.section != section:
+            section = field.section
+            lines += ["", f"[{section}]"]
+        envs = ", ".join(field.env_names)
+        lines.append(f"# {field.help} (environment: {envs})")
+        default = field.default
+        if isinstance(default, tuple):
+            default = ", ".join(default)
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
+        elif default is None:
+            default = ""
+        elif isinstance(default, float) and default.is_integer():
+            default = int(default)
+        lines.append(f"#{field.name} = {default}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,273 @@
+"""One signaling connection's state machine: parses, validates and dispatches
+each frame of the sscontrol protocol to ``handle_<type>``.
+
+It knows nothing of Twisted or Autobahn: it reaches its peer through a
+``Connection`` (send a message, close with a WebSocket code) and reads time from
+an injected clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import orjson
+
+from .auth import Authenticator, AuthRefused
+from .limits import TokenBucket
+from .rooms import Hub, NotInRoom, RoomFull, UnknownPeer
+
+# WebSocket close codes (RFC 6455 section 7.4.1)
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+
+MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
+
+
+class Connection(Protocol):
+    def send(self, message: dict) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, f: Callable, *args: Any) -> Any: ...
+
+
+class Events(Protocol):
+    """Where audit and diagnostic events go (the adapter logs them)."""
+
+    def emit(self, level: str, event: str, **fields: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    max_id_length: int = 128
+    max_sdp_bytes: int = 60000
+    max_candidate_bytes: int = 2048
+    rate_per_second: float = 50.0
+    rate_burst: int = 200
+    rate_strikes: int = 50
+    auth_timeout: float = 10.0
+
+
+class BadMessage(Exception):
+    def __init__(self, message: str, code: str = "bad_message"):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def new_peer_id() -> str:
+    """Unguessable and unique: 128 random bits."""
+    return "peer_" + secrets.token_urlsafe(16)
+
+
+class Client:
+    """Protocol state of one connected client."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        hub: Hub,
+        authenticator: Authenticator,
+        limits: MessageLimits,
+        clock: Clock,
+        events: Events,
+        address: str,
+        extensions: dict[str, Callable[["Client", dict], None]] | None = None,
+    ):
+        self.connection = connection
+        self.hub = hub
+        self.authenticator = authenticator
+        self.limits = limits
+        self.clock = clock
+        self.events = events
+        self.address = address
+        self.peer_id = new_peer_id()
+        self.device_id: str | None = None
+        self.authenticated = not authenticator.enabled
+        self.closed = False
+        self._auth_failures = 0
+        self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
+        self._extensions = extensions or {}
+        self._auth_deadline = None
+        if not self.authenticated:
+            self._auth_deadline = clock.callLater(limits.auth_timeout, self._auth_timed_out)
+
+    # --- to the peer
+
+    def send(self, message: dict) -> None:
+        if not self.closed:
+            self.connection.send(message)
+
+    def send_error(self, message: str, code: str) -> None:
+        self.send({"type": "error", "message": message, "code": code})
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.connection.close(code, reason)
+
+    # --- from the peer
+
+    def receive(self, payload: bytes, is_binary: bool = False) -> str:
+        """Handle one WebSocket message; return its type label (for metrics)."""
+        verdict = self._bucket.take()
+        if verdict != "ok":
+            self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
+                             peer_id=self.peer_id, action=verdict)
+            if verdict == "close":
+                self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+            else:
+                self.send_error("rate limit exceeded: slow down", "rate_limited")
+            return "rate_limited"
+        if is_binary:
+            self.send_error("binary frames are not supported: send JSON text frames", "bad_message")
+            return "invalid"
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.send_error("invalid JSON", "bad_message")
+            return "invalid"
+        if not isinstance(message, dict):
+            self.send_error("a message must be a JSON object", "bad_message")
+            return "invalid"
+        kind = message.get("type")
+        if not isinstance(kind, str):
+            self.send_error("missing or non-string field 'type'", "bad_message")
+            return "invalid"
+        handler = getattr(self, "handle_" + kind, None) if kind.isidentifier() else None
+        extension = self._extensions.get(kind)
+        if handler is None and extension is None:
+            self.send_error(f"unknown message type {kind[:32]!r}", "unknown_type")
+            return "unknown"
+        if kind != "auth" and not self.authenticated:
+            self.send_error("authentication required", "auth_required")
+            return kind
+        try:
+            if handler is not None:
+                handler(message)
+            else:
+                extension(self, message)
+        except BadMessage as e:
+            self.send_error(e.message, e.code)
+        return kind
+
+    def disconnected(self) -> None:
+        """The connection is gone (close frame, TCP loss or our own close)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        room = self.hub.leave(self)
+        if room is not None:
+            self.events.emit("info", "room.leave", address=self.address, device_id=self.device_id,
+                             peer_id=self.peer_id, reason="disconnect")
+
+    # --- field validation
+
+    def _str(self, message: dict, field: str, max_len: int, *, allow_empty: bool = False,
+             measure_bytes: bool = False) -> str:
+        value = message.get(field)
+        if not isinstance(value, str):
+            raise BadMessage(f"missing or non-string field '{field}'")
+        if not value and not allow_empty:
+            raise BadMessage(f"field '{field}' must not be empty")
+        size = len(value.encode()) if measure_bytes else len(value)
+        if size > max_len:
+            raise BadMessage(f"field '{field}' is too long (at most {max_len})", "too_long")
+        return value
+
+    def _int(self, message: dict, field: str, low: int, high: int) -> int:
+        value = message.get(field)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadMessage(f"missing or non-integer field '{field}'")
+        if not low <= value <= high:
+            raise BadMessage(f"field '{field}' must be between {low} and {high}")
+        return value
+
+    # --- handlers, one per message type
+
+    def handle_auth(self, message: dict) -> None:
+        limit = self.limits.max_id_length
+        device_id = self._str(message, "device_id", limit)
+        if "api_key" in message and not isinstance(message["api_key"], str):
+            raise BadMessage("field 'api_key' must be a string")
+        timestamp = self._int(message, "timestamp", 0, 2**53)
+        nonce = self._str(message, "nonce", limit)
+        token = self._str(message, "token", 128)
+        if not self.authenticator.enabled:
+            self.device_id = device_id
+            self.send({"type": "auth_success", "message": "authentication is disabled on this server"})
+            return
+        try:
+            self.authenticator.verify(device_id, timestamp, nonce, token)
+        except AuthRefused as refused:
+            self._auth_failures += 1
+            self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
+                             reason=refused.reason)
+            self.send_error(refused.message, "auth_failed")
+            if self._auth_failures >= MAX_AUTH_FAILURES:
+                self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")
+            return
+        self.authenticated = True
+        self.device_id = device_id
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self.events.emit("info", "auth.accepted", address=self.address, device_id=device_id,
+                         peer_id=self.peer_id)
+        self.send({"type": "auth_success", "message": "authenticated"})
+
+    def handle_join(self, message: dict) -> None:
+        room_id = self._str(message, "room_id", self.limits.max_id_length)
+        previous = self.hub.room_of(self)
+        try:
+            others = self.hub.join(self, room_id)
+        except RoomFull:
+            self.events.emit("warn", "limit.room_full", address=self.address, device_id=self.device_id,
+                             peer_id=self.peer_id)
+            raise BadMessage("room full", "room_full") from None
+        if previous is not None and previous != room_id:
+            self.events.emit("info", "room.leave", address=self.address, device_id=self.device_id,
+                             peer_id=self.peer_id, reason="moved")
+        self.events.emit("info", "room.join", address=self.address, device_id=self.device_id,
+                         peer_id=self.peer_id, peers=len(others))
+        self.send({"type": "peers", "peers": [{"id": pid} for pid in others], "peer_id": self.peer_id})
+
+    def handle_offer(self, message: dict) -> None:
+        self._relay_sdp("offer", message)
+
+    def handle_answer(self, message: dict) -> None:
+        self._relay_sdp("answer", message)
+
+    def handle_ice(self, message: dict) -> None:
+        to = self._str(message, "to", self.limits.max_id_length)
+        candidate = self._str(message, "candidate", self.limits.max_candidate_bytes,
+                              allow_empty=True, measure_bytes=True)
+        sdp_mid = self._str(message, "sdp_mid", self.limits.max_id_length, allow_empty=True)
+        index = self._int(message, "sdp_mline_index", 0, 65535)
+        self._relay(to, {"type": "ice", "from": self.peer_id, "to": to, "candidate": candidate,
+                         "sdp_mid": sdp_mid, "sdp_mline_index": index})
+
+    def _relay_sdp(self, kind: str, message: dict) -> None:
+        to = self._str(message, "to", self.limits.max_id_length)
+        sdp = self._str(message, "sdp", self.limits.max_sdp_bytes, measure_bytes=True)
+        self._relay(to, {"type": kind, "from": self.peer_id, "to": to, "sdp": sdp})
+
+    def _relay(self, to: str, message: dict) -> None:
+        try:
+            self.hub.relay(self, to, message)
+        except NotInRoom:
+            raise BadMessage("join a room first", "not_in_room") from None
+        except UnknownPeer:
+            raise BadMessage("unknown peer: no such peer in your room", "unknown_peer") from None
+
+    def _auth_timed_out(self) -> None:
+        self._auth_deadline = None
+        if not self.authenticated and not self.closed:
+            self.events.emit("warn", "auth.timeout", address=self.address, peer_id=self.peer_id)
+            self.close(CLOSE_POLICY_VIOLATION, "authentication timeout")

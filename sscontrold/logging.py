@@ -1,0 +1,109 @@
+"""Logging: one line per event, with a level and a stable event name.
+
+``Events`` is what the domain emits into; ``observer`` is the twistd ``--logger``
+(and the default observer of ``make run``): text lines, or JSON lines, to stdout,
+which under systemd is the journal. Under the journal each line carries its
+syslog priority as a ``<N>`` prefix, so ``journalctl -p warning`` works.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, TextIO
+
+import orjson
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    formatEvent,
+)
+from zope.interface import implementer
+
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+_SYSLOG_PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
+
+_log = Logger(namespace="sscontrold")
+
+
+class Events:
+    """Structured events: ``emit("info", "auth.accepted", address=..., device_id=...)``.
+
+    Callers never pass a secret; fields that are None are left out.
+    """
+
+    def emit(self, level: str, event: str, **fields: Any) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        _log.emit(LEVELS[level], "{sscontrol_event}", sscontrol_event=event, sscontrol_fields=fields)
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' ="\\\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+def _event_parts(event: dict) -> tuple[str, dict]:
+    name = event.get("sscontrol_event")
+    if name is not None:
+        return name, event.get("sscontrol_fields", {})
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    return "log", {"namespace": event.get("log_namespace", "?"), "message": text}
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """Writes one line per event: ``<level> <event> key=value ...`` or a JSON object."""
+
+    def __init__(self, out: TextIO, fmt: str = "text", journal: bool = False):
+        self._out = out
+        self._json = fmt == "json"
+        self._journal = journal
+
+    def __call__(self, event: dict) -> None:
+        level = event.get("log_level", LogLevel.info)
+        name, fields = _event_parts(event)
+        if self._json:
+            record = {"level": level.name, "event": name, **fields}
+            if not self._journal:
+                record["time"] = event.get("log_time")
+            line = orjson.dumps(record, default=str).decode()
+        else:
+            kv = " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+            line = f"{level.name} {name} {kv}".rstrip()
+        if self._journal:
+            line = f"<{_SYSLOG_PRIORITY.get(level, 6)}>{line}"
+        try:
+            self._out.write(line + "\n")
+            self._out.flush()
+        except (OSError, ValueError):
+            pass  # stdout gone: nowhere left to report it
+
+
+# Set by makeService and by reload, read by the observer.
+_config = {"level": "info", "format": "text"}
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+def configure(level: str, fmt: str) -> None:
+    _config["format"] = fmt
+    _predicate.setLogLevelForNamespace("", LEVELS[level])
+
+
+def observer() -> ILogObserver:
+    """twistd ``--logger sscontrold.logging.observer``."""
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    return FilteringLogObserver(LineObserver(sys.stdout, _config["format"], journal), [_predicate])

@@ -1,0 +1,65 @@
+"""The signaling node: the domain objects one daemon process shares between its
+connections, built from the settings and re-configured in place on reload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
+from .domain.client import Client, MessageLimits
+from .domain.limits import ConnectionCounter
+from .domain.rooms import Hub
+
+
+def auth_policy(settings) -> AuthPolicy:
+    return AuthPolicy(
+        api_keys=tuple(settings.api_keys),
+        window=settings.auth_window,
+        clock_skew=settings.auth_clock_skew,
+        device_allowlist=frozenset(settings.device_allowlist),
+    )
+
+
+def message_limits(settings) -> MessageLimits:
+    return MessageLimits(
+        max_id_length=settings.max_id_length,
+        max_sdp_bytes=settings.max_sdp_bytes,
+        max_candidate_bytes=settings.max_candidate_bytes,
+        rate_per_second=settings.rate_limit_per_second,
+        rate_burst=settings.rate_limit_burst,
+        rate_strikes=settings.rate_limit_strikes,
+        auth_timeout=settings.auth_timeout,
+    )
+
+
+class SignalingNode:
+    def __init__(self, settings, clock, events):
+        self.clock = clock
+        self.events = events
+        self.settings = settings
+        self.hub = Hub(settings.max_peers_per_room)
+        self.nonces = MemoryNonceStore(clock.seconds, settings.nonce_store_max)
+        self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
+        self.connections = ConnectionCounter(settings.max_connections, settings.max_connections_per_ip)
+        self.limits = message_limits(settings)
+        self.trusted_proxies = frozenset(settings.trusted_proxies)
+        self.extensions: dict[str, Any] = {}
+        self.draining = False
+
+    def new_client(self, connection, address: str) -> Client:
+        return Client(connection, self.hub, self.authenticator, self.limits, self.clock,
+                      self.events, address, self.extensions)
+
+    def apply(self, settings) -> None:
+        """Take new settings: new connections (and new messages) see them; none is closed."""
+        self.settings = settings
+        self.hub.max_peers_per_room = settings.max_peers_per_room
+        self.authenticator.policy = auth_policy(settings)
+        self.connections.max_total = settings.max_connections
+        self.connections.max_per_address = settings.max_connections_per_ip
+        self.limits = message_limits(settings)
+        self.trusted_proxies = frozenset(settings.trusted_proxies)
+
+    def summary(self) -> dict:
+        return {"connections": self.connections.total, "rooms": self.hub.room_count}

@@ -1,0 +1,79 @@
+"""Twisted services of the daemon: listeners and the WebSocket factory's lifetime."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+log = Logger(namespace="sscontrold")
+
+
+def server_endpoint(reactor, host: str, port: int, backlog: int = 1024):
+    """A TCP endpoint on ``host`` (an IPv4 or IPv6 address)."""
+    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
+
+
+def with_tls(factory, tls):
+    """Wrap ``factory`` in TLS when ``tls`` (a connection creator) is given."""
+    return factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
+
+
+class Listener(Service):
+    """Binds at start-up (failing the start, before READY, when it cannot) and
+    unbinds on stop. ``port`` is the bound port, also when 0 was asked for."""
+
+    def __init__(self, name: str, endpoint, factory, scheme: str):
+        self.name = name
+        self._endpoint = endpoint
+        self._factory = factory
+        self._scheme = scheme
+        self._port = None
+
+    @property
+    def bound(self) -> bool:
+        return self._port is not None
+
+    @property
+    def port(self) -> int | None:
+        return self._port.getHost().port if self._port is not None else None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        outcome = []
+        self._endpoint.listen(self._factory).addBoth(outcome.append)
+        result = outcome[0] if outcome else None  # TCP listening is synchronous
+        if result is None or not hasattr(result, "getHost"):
+            reason = result.value if result is not None and hasattr(result, "value") else "did not bind"
+            if isinstance(reason, CannotListenError):
+                reason = reason.socketError
+            raise SystemExit(f"sscontrol-signaling: cannot listen for {self.name}: {reason}")
+        self._port = result
+        host = result.getHost()
+        log.info("{sscontrol_event}", sscontrol_event="listener.ready", sscontrol_fields={
+            "listener": self.name, "url": f"{self._scheme}://{host.host}:{host.port}/"})
+
+    def stopService(self):
+        Service.stopService(self)
+        port, self._port = self._port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class FactoryLifetime(Service):
+    """Starts and stops a factory that a Site does not start itself (a WebSocket
+    factory inside a WebSocketResource)."""
+
+    def __init__(self, factory):
+        self._factory = factory
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._factory.doStart()
+
+    def stopService(self):
+        Service.stopService(self)
+        self._factory.doStop()

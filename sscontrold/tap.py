@@ -1,0 +1,95 @@
+"""twistd plugin: ``Options`` (validated before anything binds) and ``makeService``
+(wiring only)."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from . import __version__, config, logging
+from .config import ConfigError
+from .logging import Events
+from .node import SignalingNode
+from .protocol import SignalingFactory
+from .services import FactoryLifetime, Listener, server_endpoint, with_tls
+from .tls import ReloadableServerTLS
+from .web import public_site
+
+
+def _default_text(field: config.Field) -> str:
+    value = field.default
+    if isinstance(value, tuple):
+        return ", ".join(value) or "(none)"
+    if value is None:
+        return "(unset)"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "sscontrol signaling daemon. Settings, in rising precedence: built-in defaults, "
+        f"the INI file (--config, default {config.DEFAULT_CONFIG_FILE} if it exists), "
+        "the environment (SSCONTROL_<KEY>, and SIGNALING_HOST, SIGNALING_PORT, SSCONTROL_API_KEY, "
+        "SSCONTROL_TLS_CERT, SSCONTROL_TLS_KEY), these flags. Secrets (API keys, TURN secrets) "
+        "are never taken from the command line: use the file, a *_file key, the environment or "
+        "a systemd credential of the same name."
+    )
+    optParameters = [["config", "c", None, "INI configuration file."]] + [
+        [field.flag, None, None, f"{field.help} [default: {_default_text(field)}]"]
+        for field in config.FIELDS
+        if not field.secret
+    ]
+
+    def postOptions(self) -> None:
+        self.flags = {
+            field.name: self[field.flag]
+            for field in config.FIELDS
+            if not field.secret and self.get(field.flag) is not None
+        }
+        self.config_file = self["config"]
+        try:
+            self.settings = load_settings(self.flags, self.config_file)
+        except ConfigError as e:
+            raise SystemExit(f"sscontrol-signaling: {e}") from None
+
+    def opt_version(self) -> None:
+        print(f"sscontrol-signaling {__version__}")
+        raise SystemExit(0)
+
+
+def load_settings(flags: dict, config_file: str | None):
+    """The settings, with the TLS files checked too (a bad certificate is a config error)."""
+    settings = config.load(flags, os.environ, config_file)
+    if settings.tls_enabled:
+        ReloadableServerTLS(settings.tls_cert, settings.tls_key)
+    return settings
+
+
+def makeService(options: Options, reactor=None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = options.settings
+    logging.configure(settings.log_level, settings.log_format)
+
+    node = SignalingNode(settings, reactor, Events())
+    factory = SignalingFactory(node, settings)
+    tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
+
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, **node.summary()}
+
+    site = public_site(factory, health, timeout=settings.handshake_timeout)
+
+    top = MultiService()
+    FactoryLifetime(factory).setServiceParent(top)
+    Listener(
+        "public",
+        server_endpoint(reactor, settings.host, settings.port),
+        with_tls(site, tls),
+        "wss" if tls is not None else "ws",
+    ).setServiceParent(top)
+    top.node = node
+    return top

@@ -1,0 +1,76 @@
+"""Native TLS: the certificate chain and key as a reloadable server context.
+
+TLS 1.2 minimum, AEAD ciphers only, ALPN ``http/1.1`` only (offering h2 would
+break the WebSocket upgrade, since Twisted then speaks HTTP/2).
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from zope.interface import implementer
+
+from .config import ConfigError
+
+CIPHERS = AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
+)
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"invalid setting {key}: cannot read {path}: {e.strerror}") from None
+
+
+def load_certificate_options(cert_path: str, key_path: str) -> CertificateOptions:
+    """Read and check the chain and key; raise ConfigError naming the bad file."""
+    chain_pem = _read(cert_path, "tls_cert")
+    key_pem = _read(key_path, "tls_key")
+    blocks = [b"-----BEGIN CERTIFICATE-----" + part for part in chain_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    if not blocks:
+        raise ConfigError(f"invalid setting tls_cert: {cert_path} holds no PEM certificate")
+    try:
+        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+    except crypto.Error:
+        raise ConfigError(f"invalid setting tls_cert: {cert_path} holds a malformed certificate") from None
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error:
+        raise ConfigError(f"invalid setting tls_key: {key_path} holds no readable PEM private key") from None
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.use_certificate(chain[0])
+        context.use_privatekey(key)
+        context.check_privatekey()
+    except SSL.Error:
+        raise ConfigError(f"invalid setting tls_key: {key_path} does not match the certificate in {cert_path}") from None
+    return CertificateOptions(
+        privateKey=key,
+        certificate=chain[0],
+        extraCertChain=chain[1:],
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=CIPHERS,
+        acceptableProtocols=[b"http/1.1"],
+    )
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """Hands each new connection the current context; ``load()`` swaps it.
+
+    Open connections keep the context they were made with.
+    """
+
+    def __init__(self, cert_path: str, key_path: str):
+        self._context = None
+        self.load(cert_path, key_path)
+
+    def load(self, cert_path: str, key_path: str) -> None:
+        self._context = load_certificate_options(cert_path, key_path).getContext()
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return SSL.Connection(self._context, None)

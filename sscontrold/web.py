@@ -1,0 +1,122 @@
+"""The public HTTP site: the WebSocket endpoint at / and /ws, a text banner for
+plain GET /, and /health. Every error is a JSON body; no traceback is ever shown.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import orjson
+from autobahn.twisted.resource import WebSocketResource
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from . import __version__
+
+log = Logger(namespace="sscontrold.web")
+
+BANNER = (
+    f"sscontrol-signaling {__version__}\n"
+    "WebSocket signaling endpoint: upgrade this URL (or /ws) to a WebSocket.\n"
+).encode()
+
+
+def json_response(request: Request, code: int, body: dict) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return orjson.dumps(body)
+
+
+def error_response(request: Request, code: int, message: str) -> bytes:
+    return json_response(request, code, {"success": False, "error": message})
+
+
+class JSONResource(Resource):
+    """A leaf that answers JSON, 405 (JSON) for methods it lacks, and HEAD like GET."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        method = request.method.decode("ascii", "replace")
+        handler = getattr(self, "render_" + method, None)
+        if handler is None and method == "HEAD":
+            handler = getattr(self, "render_GET", None)
+        if handler is None:
+            allowed = sorted(m[7:] for m in dir(self) if m.startswith("render_") and m[7:].isupper())
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            return error_response(request, http.NOT_ALLOWED, f"method {method} not allowed")
+        return handler(request)
+
+
+class NotFound(JSONResource):
+    def render(self, request: Request) -> bytes:
+        return error_response(request, http.NOT_FOUND, "not found")
+
+
+class JSONRoot(Resource):
+    """A resource whose unknown children answer a JSON 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return error_response(request, http.NOT_FOUND, "not found")
+
+
+class Health(JSONResource):
+    def __init__(self, summary: Callable[[], dict]):
+        super().__init__()
+        self._summary = summary
+
+    def render_GET(self, request: Request) -> bytes:
+        body = self._summary()
+        code = http.OK if body.get("status") == "ok" else http.SERVICE_UNAVAILABLE
+        return json_response(request, code, body)
+
+
+class WebSocketOrBanner(Resource):
+    """A WebSocket upgrade goes to Autobahn; anything else gets the banner."""
+
+    isLeaf = True
+
+    def __init__(self, websocket: WebSocketResource):
+        super().__init__()
+        self._websocket = websocket
+
+    def render(self, request: Request):
+        upgrade = request.getHeader(b"upgrade") or b""
+        if b"websocket" in upgrade.lower():
+            return self._websocket.render(request)
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return error_response(request, http.NOT_ALLOWED, "use GET, or upgrade to a WebSocket")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return BANNER
+
+
+class QuietSite(Site):
+    """A Site that never shows tracebacks and whose access log drops query strings
+    (a /turn query may carry a key)."""
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")[:200]
+        log.debug("{sscontrol_event}", sscontrol_event="http.request", sscontrol_fields={
+            "method": request.method.decode("ascii", "replace"), "path": path, "code": request.code})
+
+
+def public_site(websocket_factory, health: Callable[[], dict], timeout: float,
+                extra: dict[bytes, Resource] | None = None) -> Site:
+    root = JSONRoot()
+    endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory))
+    root.putChild(b"", endpoint)
+    root.putChild(b"ws", endpoint)
+    root.putChild(b"health", Health(health))
+    for name, resource in (extra or {}).items():
+        root.putChild(name, resource)
+    return QuietSite(root, timeout=timeout)

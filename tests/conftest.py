@@ -1,0 +1,138 @@
+"""Fixtures that start the real daemon (``twistd -n sscontrol-signaling``) on free
+loopback ports and talk to it over real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
+         context=None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    """One HTTP request; returns (status, headers, body), also for 4xx/5xx."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def http_json(method: str, url: str, payload=None, **kw) -> tuple[int, dict]:
+    body = None if payload is None else json.dumps(payload).encode()
+    headers = {"content-type": "application/json"} if body is not None else {}
+    status, _, data = http(method, url, body, headers, **kw)
+    return status, json.loads(data)
+
+
+class Daemon:
+    """A running ``twistd -n sscontrol-signaling`` process."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str], tls: bool = False):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.tls = tls
+        self.log_path = tmp / f"daemon-{self.port}.log"
+        self.argv = [TWISTD, "--nodaemon", "--pidfile=", "--logger", "sscontrold.logging.observer",
+                     "sscontrol-signaling", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--admin-port", str(self.admin_port), *args]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
+        if "--config" not in args:  # never pick up /etc/sscontrol/signaling.conf of the machine
+            empty = tmp / "empty.conf"
+            empty.touch()
+            self.env["SSCONTROL_CONFIG"] = str(empty)
+        self.env.update(env)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, wait: bool = True) -> "Daemon":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=str(ROOT))
+        if wait:
+            self.wait_listening()
+        return self
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"daemon did not listen on {self.port}:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    """Start daemons with the given flags and environment; all stopped at the end."""
+    started: list[Daemon] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, tls: bool = False, wait: bool = True) -> Daemon:
+        d = Daemon(tmp_path, list(args), env or {}, tls=tls)
+        started.append(d)
+        return d.start(wait=wait)
+
+    yield start
+    for d in started:
+        d.stop()
+        # Whatever a test did, the daemon must never have crashed or leaked a traceback.
+        assert "Traceback" not in d.log(), d.log()
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    """A daemon with auth off (the development default)."""
+    return daemon_factory()
