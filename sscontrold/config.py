@@ -123,6 +123,10 @@ FIELDS: tuple[Field, ...] = (
     Field("admin_enabled", "server", _bool, True, "Serve /health /ready /live /metrics on the admin listener."),
     Field("admin_host", "server", _str, "127.0.0.1", "Address of the admin listener (keep it on loopback)."),
     Field("admin_port", "server", _int_range(0, 65535), 9464, "Port of the admin listener."),
+    Field("drain_timeout", "server", _seconds(0), 10.0,
+          "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
+    Field("trusted_proxies", "server", _list, (),
+          "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
     # [auth]
     Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
           "empty: auth off). Prefer api_key_file or the systemd credential api_keys.",
@@ -159,10 +163,6 @@ FIELDS: tuple[Field, ...] = (
     Field("ping_interval", "limits", _seconds(0), 30.0, "Seconds between WebSocket pings (0: off)."),
     Field("ping_timeout", "limits", _seconds(2), 15.0,
           "Seconds to wait for a pong before dropping the peer (at least 2)."),
-    Field("drain_timeout", "server", _seconds(0), 10.0,
-          "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
-    Field("trusted_proxies", "server", _list, (),
-          "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
     # [turn]
     Field("turn_secrets", "turn", _list, (), "coturn static-auth-secret values; the first signs, all are "
           "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file or the credential "

@@ -1,0 +1,119 @@
+"""Native TLS: the full chain, TLS 1.2+, AEAD ciphers, ALPN http/1.1 only, and
+bad certificate settings refused before binding."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from certs import PKI
+from conftest import TWISTD, ROOT, free_port, http
+from wsclient import auth_message, connect
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_daemon(daemon_factory, pki):
+    chain, key, leaf = pki.server()
+    d = daemon_factory(env={"SSCONTROL_TLS_CERT": str(chain), "SSCONTROL_TLS_KEY": str(key),
+                            "SSCONTROL_API_KEY": "k"}, tls=True)
+    d.leaf = leaf
+    return d
+
+
+def handshake(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_wss_with_full_chain_auth_join_relay(tls_daemon, pki):
+    ctx = pki.client_context()  # trusts only the root: works only if the chain is sent
+    a = connect(tls_daemon.ws, ssl=ctx)
+    b = connect(tls_daemon.ws, ssl=ctx)
+    for p in (a, b):
+        assert p.request(auth_message("k"))["type"] == "auth_success"
+    a.join("r")
+    b_id = b.join("r")["peer_id"]
+    assert a.recv()["peer_id"] == b_id
+    a.send({"type": "offer", "to": b_id, "sdp": "v=0"})
+    assert b.recv()["sdp"] == "v=0"
+    status, _, body = http("GET", tls_daemon.base + "/health", context=ctx)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_alpn_offers_http11_only(tls_daemon, pki):
+    ctx = pki.client_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with handshake(tls_daemon.port, ctx) as s:
+        assert s.selected_alpn_protocol() == "http/1.1"
+        assert s.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+
+
+def test_tls12_uses_aead_and_old_versions_are_refused(tls_daemon, pki):
+    ctx = pki.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with handshake(tls_daemon.port, ctx) as s:
+        assert s.version() == "TLSv1.2"
+        assert "GCM" in s.cipher()[0] or "CHACHA20" in s.cipher()[0]
+    # a client that offers only CBC suites gets nothing
+    ctx = pki.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA")
+    with pytest.raises(ssl.SSLError):
+        handshake(tls_daemon.port, ctx)
+    ctx = pki.client_context()
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError):
+        handshake(tls_daemon.port, ctx)
+    ctx = pki.client_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with handshake(tls_daemon.port, ctx) as s:
+        assert s.version() == "TLSv1.3"
+
+
+def run_refused(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
+    full_env.update(env or {})
+    full_env.setdefault("SSCONTROL_CONFIG", os.devnull)
+    port_flag = [] if "SIGNALING_PORT" in full_env else ["--port", str(port)]
+    result = subprocess.run([TWISTD, "--nodaemon", "--pidfile=", "sscontrol-signaling", "--host", "127.0.0.1",
+                             *port_flag, "--admin-enabled", "false", *args],
+                            capture_output=True, text=True, timeout=30, env=full_env, cwd=str(ROOT))
+    # nothing was ever bound on the port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+    return result
+
+
+def test_bad_certificate_settings_exit_before_binding(pki, tmp_path):
+    chain, key, _ = pki.server("a")
+    _, other_key, _ = pki.server("b")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        ({"SSCONTROL_TLS_CERT": str(chain)}, "tls_cert", "tls_key must be set too"),
+        ({"SSCONTROL_TLS_CERT": str(tmp_path / "missing.pem"), "SSCONTROL_TLS_KEY": str(key)}, "tls_cert",
+         "cannot read"),
+        ({"SSCONTROL_TLS_CERT": str(garbage), "SSCONTROL_TLS_KEY": str(key)}, "tls_cert", "no PEM certificate"),
+        ({"SSCONTROL_TLS_CERT": str(chain), "SSCONTROL_TLS_KEY": str(garbage)}, "tls_key", "no readable PEM"),
+        ({"SSCONTROL_TLS_CERT": str(chain), "SSCONTROL_TLS_KEY": str(other_key)}, "tls_key", "does not match"),
+    ]
+    for env, key_name, words in cases:
+        result = run_refused(env=env)
+        assert result.returncode != 0
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert key_name in lines[0] and words in lines[0], lines[0]
+        assert "Traceback" not in lines[0]
