@@ -176,8 +176,11 @@ FIELDS: tuple[Field, ...] = (
     Field("session_ttl", "sessions", _int_range(10), 300, "Default lifetime of a REST session, in seconds."),
     Field("session_ttl_max", "sessions", _int_range(10), 3600, "Longest REST session lifetime a client may ask for."),
     Field("session_max_attempts", "sessions", _int_range(1), 3,
-          "GETs of a session beyond the first before it is deleted (enumeration guard)."),
-    Field("session_max_count", "sessions", _int_range(1), 10000, "REST sessions held at once."),
+          "GETs of a waiting session from addresses other than its creator's that are answered; "
+          "the next one deletes it (enumeration guard)."),
+    # Each session may hold up to ~400 KiB (bodies and candidate lists at their caps):
+    # 2000 of them stay within the unit's MemoryMax.
+    Field("session_max_count", "sessions", _int_range(1), 2000, "REST sessions held at once."),
     Field("session_body_max_bytes", "sessions", _int_range(1024), 65536, "Largest REST request body."),
     Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
     Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),

@@ -61,5 +61,10 @@ class SignalingNode:
         self.limits = message_limits(settings)
         self.trusted_proxies = frozenset(settings.trusted_proxies)
 
+    def status_line(self) -> str:
+        """For systemd's STATUS=."""
+        state = "draining" if self.draining else "serving"
+        return f"{state}: {self.connections.total} connections, {self.hub.room_count} rooms"
+
     def summary(self) -> dict:
         return {"connections": self.connections.total, "rooms": self.hub.room_count}

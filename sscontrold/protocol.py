@@ -6,16 +6,28 @@ around every callback so that nothing a peer sends can raise into Autobahn.
 
 from __future__ import annotations
 
+from time import perf_counter
+
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.logger import Logger
 
 from .domain.client import Client
+from .web import REQUESTS, endpoint_label
 
 log = Logger(namespace="sscontrold.protocol")
 
 CLOSE_INTERNAL_ERROR = 1011
+RELAYED = frozenset({"offer", "answer", "ice"})
+
+ACTIVE = Gauge("sscontrol_active_connections", "Open WebSocket connections.")
+MESSAGES = Counter("sscontrol_messages_total", "WebSocket messages received, by type "
+                   "(invalid, unknown and rate_limited for the ones refused before dispatch).", ["type"])
+RELAY_LATENCY = Histogram("sscontrol_relay_latency_seconds", "From a relayed message read to its copy "
+                          "written to the recipient's transport.",
+                          buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
 
 
 def client_address(peer_host: str, forwarded_for: str | None, trusted_proxies: frozenset[str]) -> str:
@@ -40,40 +52,55 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         node = self.factory.node
+        endpoint = endpoint_label(request.path.encode())
         if node.draining:
+            REQUESTS.labels(endpoint, "503").inc()
             raise ConnectionDeny(503, "Service Unavailable: draining")
         forwarded = request.headers.get("x-forwarded-for")
         self.address = client_address(self.transport.getPeer().host, forwarded, node.trusted_proxies)
         refused = node.connections.try_open(self.address)
         if refused is not None:
             node.events.emit("warn", "limit.connections", address=self.address, scope=refused)
+            code = 503 if refused == "total" else 429
+            REQUESTS.labels(endpoint, str(code)).inc()
             if refused == "total":
                 raise ConnectionDeny(503, "Service Unavailable: too many connections")
             raise ConnectionDeny(429, "Too Many Requests: too many connections from your address")
         self._counted = True
+        ACTIVE.inc()
         return None
 
     def onOpen(self):
         node = self.factory.node
         self.client = node.new_client(self, self.address)
+        self.factory.open_connections.add(self)
+        REQUESTS.labels(endpoint_label(self.http_request_path.encode()), "101").inc()
         node.events.emit("info", "connection.open", address=self.address, peer_id=self.client.peer_id)
 
     def onMessage(self, payload, isBinary):
         client = self.client
         if client is None:
             return
+        started = perf_counter()
         try:
-            client.receive(payload, isBinary)
+            kind = client.receive(payload, isBinary)
         except Exception:
+            MESSAGES.labels("internal_error").inc()
             log.failure("internal error handling a message from {address}", address=self.address)
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
+            return
+        MESSAGES.labels(kind).inc()
+        if kind in RELAYED and client.relayed:
+            RELAY_LATENCY.observe(perf_counter() - started)
 
     def onClose(self, wasClean, code, reason):
         try:
             node = self.factory.node
             if self._counted:
                 self._counted = False
+                ACTIVE.dec()
                 node.connections.close(self.address)
+            self.factory.open_connections.discard(self)
             client = self.client
             if client is not None:
                 self.client = None
@@ -98,10 +125,12 @@ class SignalingProtocol(WebSocketServerProtocol):
 
 class SignalingFactory(WebSocketServerFactory):
     protocol = SignalingProtocol
+    noisy = False
 
     def __init__(self, node, settings):
         WebSocketServerFactory.__init__(self, server="sscontrol-signaling")
         self.node = node
+        self.open_connections: set[SignalingProtocol] = set()
         self.apply(settings)
 
     def apply(self, settings) -> None:

@@ -36,6 +36,10 @@ class Listener(Service):
     def bound(self) -> bool:
         return self._port is not None
 
+    def check(self) -> str | None:
+        """Readiness: None when bound."""
+        return None if self._port is not None else "not bound"
+
     @property
     def port(self) -> int | None:
         return self._port.getHost().port if self._port is not None else None

@@ -10,11 +10,16 @@ from twisted.python import usage
 
 from . import __version__, config, logging
 from .config import ConfigError
+from .admin import HealthSummary, Readiness, admin_site
+from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
 from .protocol import SignalingFactory
+from .rest import SessionAPI
 from .services import FactoryLifetime, Listener, server_endpoint, with_tls
+from .systemd import Notifier, SystemdService
 from .tls import ReloadableServerTLS
+from .turn import TurnResource, websocket_turn
 from .web import public_site
 
 
@@ -77,19 +82,33 @@ def makeService(options: Options, reactor=None) -> MultiService:
     node = SignalingNode(settings, reactor, Events())
     factory = SignalingFactory(node, settings)
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
+    notifier = Notifier()
+    readiness = Readiness()
+    node.extensions["turn"] = websocket_turn(node)
+    sessions = SessionAPI(node)
+    health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": len(sessions.store)})
+    site = public_site(factory, health, timeout=settings.handshake_timeout,
+                       extra={b"api": sessions.resource, b"turn": TurnResource(node)})
 
-    def health() -> dict:
-        return {"status": "ok", "version": __version__, **node.summary()}
-
-    site = public_site(factory, health, timeout=settings.handshake_timeout)
-
-    top = MultiService()
+    top = DrainingService(reactor)
     FactoryLifetime(factory).setServiceParent(top)
-    Listener(
-        "public",
-        server_endpoint(reactor, settings.host, settings.port),
-        with_tls(site, tls),
-        "wss" if tls is not None else "ws",
-    ).setServiceParent(top)
-    top.node = node
+    sessions.service.setServiceParent(top)
+    listeners = [Listener("public", server_endpoint(reactor, settings.host, settings.port),
+                          with_tls(site, tls), "wss" if tls is not None else "ws")]
+    if settings.admin_enabled:
+        listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
+                                  admin_site(readiness, health, settings.handshake_timeout), "http"))
+    for listener in listeners:
+        listener.setServiceParent(top)
+        readiness.add(f"listener_{listener.name}", listener.check)
+    readiness.add("draining", lambda: "draining" if node.draining else None)
+
+    reloader = Reloader(lambda: load_settings(options.flags, options.config_file),
+                        [node.apply, factory.apply, lambda new: tls and tls.apply(new),
+                         lambda new: logging.configure(new.log_level, new.log_format)],
+                        notifier, reactor, started_with=settings)
+    reloader.setServiceParent(top)
+    SystemdService(notifier, lambda: readiness.ready, node.status_line, reactor).setServiceParent(top)
+    top.drain_steps.append(lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
+    top.node, top.readiness, top.reloader = node, readiness, reloader
     return top

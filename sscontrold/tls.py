@@ -72,5 +72,10 @@ class ReloadableServerTLS:
     def load(self, cert_path: str, key_path: str) -> None:
         self._context = load_certificate_options(cert_path, key_path).getContext()
 
+    def apply(self, settings) -> None:
+        """Reload: re-read the (possibly renewed) certificate and key."""
+        if settings.tls_enabled:
+            self.load(settings.tls_cert, settings.tls_key)
+
     def serverConnectionForTLS(self, tlsProtocol):
         return SSL.Connection(self._context, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 import orjson
+from prometheus_client import Counter
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 from twisted.web import http
@@ -16,6 +17,17 @@ from twisted.web.server import Request, Site
 from . import __version__
 
 log = Logger(namespace="sscontrold.web")
+
+REQUESTS = Counter("sscontrol_requests_total", "HTTP requests (WebSocket handshakes included) by endpoint "
+                   "and status code.", ["endpoint", "code"])
+# Endpoint labels come from this fixed table, never from the raw path.
+ENDPOINTS = {"": "/", "ws": "/ws", "health": "/health", "turn": "/turn", "api": "/api/session",
+             "ready": "/ready", "live": "/live", "metrics": "/metrics"}
+
+
+def endpoint_label(path: bytes) -> str:
+    first = path.split(b"?", 1)[0].lstrip(b"/").split(b"/", 1)[0].decode("ascii", "replace")
+    return ENDPOINTS.get(first, "other")
 
 BANNER = (
     f"sscontrol-signaling {__version__}\n"
@@ -72,9 +84,8 @@ class Health(JSONResource):
         self._summary = summary
 
     def render_GET(self, request: Request) -> bytes:
-        body = self._summary()
-        code = http.OK if body.get("status") == "ok" else http.SERVICE_UNAVAILABLE
-        return json_response(request, code, body)
+        # 200 whenever the process answers: load balancers should use /ready.
+        return json_response(request, http.OK, self._summary())
 
 
 class WebSocketOrBanner(Resource):
@@ -105,6 +116,7 @@ class QuietSite(Site):
     noisy = False
 
     def log(self, request: Request) -> None:
+        REQUESTS.labels(endpoint_label(request.uri), str(request.code)).inc()
         path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")[:200]
         log.debug("{sscontrol_event}", sscontrol_event="http.request", sscontrol_fields={
             "method": request.method.decode("ascii", "replace"), "path": path, "code": request.code})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import orjson
+from prometheus_client import Counter
 
 from .auth import Authenticator, AuthRefused
 from .limits import TokenBucket
@@ -23,6 +24,9 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 
 MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
+
+ERRORS = Counter("sscontrol_errors_total", "Errors answered to clients and internal errors, by reason.", ["reason"])
+AUTH = Counter("sscontrol_auth_total", "Authentication attempts by result and reason.", ["result", "reason"])
 
 
 class Connection(Protocol):
@@ -91,6 +95,7 @@ class Client:
         self.device_id: str | None = None
         self.authenticated = not authenticator.enabled
         self.closed = False
+        self.relayed = False  # whether the last message received was delivered to a peer
         self._auth_failures = 0
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
         self._extensions = extensions or {}
@@ -105,6 +110,7 @@ class Client:
             self.connection.send(message)
 
     def send_error(self, message: str, code: str) -> None:
+        ERRORS.labels(code).inc()  # codes are a fixed set of literals: low cardinality
         self.send({"type": "error", "message": message, "code": code})
 
     def close(self, code: int, reason: str) -> None:
@@ -115,11 +121,13 @@ class Client:
 
     def receive(self, payload: bytes, is_binary: bool = False) -> str:
         """Handle one WebSocket message; return its type label (for metrics)."""
+        self.relayed = False
         verdict = self._bucket.take()
         if verdict != "ok":
             self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
                              peer_id=self.peer_id, action=verdict)
             if verdict == "close":
+                ERRORS.labels("rate_limit_close").inc()
                 self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
             else:
                 self.send_error("rate limit exceeded: slow down", "rate_limited")
@@ -201,6 +209,7 @@ class Client:
         nonce = self._str(message, "nonce", limit)
         token = self._str(message, "token", 128)
         if not self.authenticator.enabled:
+            AUTH.labels("accepted", "auth_disabled").inc()
             self.device_id = device_id
             self.send({"type": "auth_success", "message": "authentication is disabled on this server"})
             return
@@ -208,12 +217,14 @@ class Client:
             self.authenticator.verify(device_id, timestamp, nonce, token)
         except AuthRefused as refused:
             self._auth_failures += 1
+            AUTH.labels("refused", refused.reason).inc()
             self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
                              reason=refused.reason)
             self.send_error(refused.message, "auth_failed")
             if self._auth_failures >= MAX_AUTH_FAILURES:
                 self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")
             return
+        AUTH.labels("accepted", "token").inc()
         self.authenticated = True
         self.device_id = device_id
         if self._auth_deadline is not None and self._auth_deadline.active():
@@ -261,6 +272,7 @@ class Client:
     def _relay(self, to: str, message: dict) -> None:
         try:
             self.hub.relay(self, to, message)
+            self.relayed = True
         except NotInRoom:
             raise BadMessage("join a room first", "not_in_room") from None
         except UnknownPeer:
@@ -270,4 +282,5 @@ class Client:
         self._auth_deadline = None
         if not self.authenticated and not self.closed:
             self.events.emit("warn", "auth.timeout", address=self.address, peer_id=self.peer_id)
+            AUTH.labels("refused", "timeout").inc()
             self.close(CLOSE_POLICY_VIOLATION, "authentication timeout")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from prometheus_client import Gauge
+
+ROOMS = Gauge("sscontrol_rooms", "Rooms with at least one member on this node.")
+
 
 class Member(Protocol):
     """What the hub needs of a room member."""
@@ -53,7 +57,10 @@ class Hub:
             raise RoomFull(room_id)
         if current is not None:
             self.leave(member)
-        room = self._rooms.setdefault(room_id, {})
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = {}
+            ROOMS.inc()
         others = list(room)
         announcement = {"type": "new_peer", "peer_id": member.peer_id}
         for other in room.values():
@@ -71,6 +78,7 @@ class Hub:
         del room[member.peer_id]
         if not room:
             del self._rooms[room_id]
+            ROOMS.dec()
         else:
             notice = {"type": "peer_left", "peer_id": member.peer_id}
             for other in list(room.values()):

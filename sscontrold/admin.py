@@ -1,0 +1,92 @@
+"""Health, readiness, liveness and Prometheus metrics (the loopback admin listener)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from prometheus_client import REGISTRY, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web import http
+from twisted.web.server import Request, Site
+
+from . import __version__
+from .web import Health, JSONResource, JSONRoot, QuietSite, json_response
+
+BUILD_INFO = Info("sscontrol_build", "Version of the running daemon.")
+BUILD_INFO.info({"version": __version__})
+
+
+class Readiness:
+    """Named checks; the daemon is ready when every one passes.
+
+    A check returns None when it passes, or a short reason why it does not.
+    """
+
+    def __init__(self):
+        self._checks: dict[str, Callable[[], str | None]] = {}
+
+    def add(self, name: str, check: Callable[[], str | None]) -> None:
+        self._checks[name] = check
+
+    def results(self) -> dict[str, str]:
+        return {name: (check() or "ok") for name, check in self._checks.items()}
+
+    def failing(self) -> dict[str, str]:
+        return {name: result for name, result in self.results().items() if result != "ok"}
+
+    @property
+    def ready(self) -> bool:
+        return not self.failing()
+
+
+class Ready(JSONResource):
+    def __init__(self, readiness: Readiness):
+        super().__init__()
+        self._readiness = readiness
+
+    def render_GET(self, request: Request) -> bytes:
+        checks = self._readiness.results()
+        failing = sorted(name for name, result in checks.items() if result != "ok")
+        if failing:
+            return json_response(request, http.SERVICE_UNAVAILABLE,
+                                 {"status": "not ready", "failing": failing, "checks": checks})
+        return json_response(request, http.OK, {"status": "ready", "checks": checks})
+
+
+class Live(JSONResource):
+    """Answering at all proves the reactor turns."""
+
+    def render_GET(self, request: Request) -> bytes:
+        return json_response(request, http.OK, {"status": "alive"})
+
+
+class Metrics(JSONResource):
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(REGISTRY)
+
+
+class HealthSummary:
+    """The /health body: status, version, uptime, counts and the readiness checks."""
+
+    def __init__(self, readiness: Readiness, counts: Callable[[], dict], clock: Callable[[], float] = time.time):
+        self._readiness = readiness
+        self._counts = counts
+        self._clock = clock
+        self._started = clock()
+
+    def __call__(self) -> dict:
+        checks = self._readiness.results()
+        ok = all(result == "ok" for result in checks.values())
+        return {"status": "ok" if ok else "degraded", "version": __version__,
+                "uptime": round(self._clock() - self._started, 3), **self._counts(), "checks": checks}
+
+
+def admin_site(readiness: Readiness, health: HealthSummary, timeout: float) -> Site:
+    root = JSONRoot()
+    root.putChild(b"health", Health(health))
+    root.putChild(b"ready", Ready(readiness))
+    root.putChild(b"live", Live())
+    root.putChild(b"metrics", Metrics())
+    return QuietSite(root, timeout=timeout)

@@ -1,0 +1,317 @@
+"""The REST session API of protocol.md section 2, mounted at /api on the public site:
+
+    POST   /api/session                 create (the host)
+    GET    /api/session/{id}            read (the viewer; the host polls it for the answer)
+    DELETE /api/session/{id}            delete
+    POST   /api/session/{id}/answer     the viewer's answer
+    POST   /api/session/{id}/ice        a trickled candidate, role host or client
+
+Every answer is JSON (errors ``{"success": false, "error": "..."}``) with CORS headers
+per ``cors_origins``; OPTIONS is a preflight (204). Requests are rate limited per
+client address (``session_rate_per_minute``). Limits are read from ``node.settings``
+at request time, so a reload applies to the next request.
+
+``SessionAPI(node)`` builds the store, the resource (``.resource``) and the timer
+service that sweeps expired sessions every second (``.service``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable
+
+import orjson
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .domain.limits import TokenBucket
+from .domain.sessions import SessionError, SessionLimits, SessionStore
+from .protocol import client_address
+from .web import error_response, json_response
+
+log = Logger(namespace="sscontrold.rest")
+
+TOO_MANY_REQUESTS = 429  # not among twisted.web.http's names
+PREFLIGHT_MAX_AGE = b"3600"
+DEFAULT_ALLOW_HEADERS = b"Content-Type"
+_HEADER_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ")
+
+
+def session_limits(settings) -> SessionLimits:
+    return SessionLimits(
+        ttl_default=settings.session_ttl,
+        ttl_max=settings.session_ttl_max,
+        max_attempts=settings.session_max_attempts,
+        max_count=settings.session_max_count,
+        max_sdp_bytes=settings.max_sdp_bytes,
+        max_candidate_bytes=settings.max_candidate_bytes,
+        max_mid_length=settings.max_id_length,
+    )
+
+
+class AddressRateLimiter:
+    """``per_minute`` requests per minute per client address (bursts of as many), with
+    idle addresses forgotten once their bucket would be full again."""
+
+    MAX_ADDRESSES = 100_000
+
+    def __init__(self, clock: Callable[[], float], per_minute: int):
+        self._clock = clock
+        self.per_minute = per_minute
+        # address -> [bucket, last request time, refusing]; least recently seen first
+        self._addresses: OrderedDict[str, list] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(60 / self.per_minute))
+
+    def configure(self, per_minute: int) -> None:
+        if per_minute != self.per_minute:
+            self.per_minute = per_minute
+            self._addresses.clear()
+
+    def allow(self, address: str) -> tuple[bool, bool]:
+        """(allowed, first refusal of a run) for one request from ``address``."""
+        entry = self._addresses.pop(address, None)
+        if entry is None:
+            entry = [TokenBucket(self.per_minute / 60.0, self.per_minute, 1 << 30, self._clock), 0.0, False]
+            while len(self._addresses) >= self.MAX_ADDRESSES:
+                self._addresses.popitem(last=False)
+        self._addresses[address] = entry
+        entry[1] = self._clock()
+        allowed = entry[0].take() == "ok"
+        first_refusal = not allowed and not entry[2]
+        entry[2] = not allowed
+        return allowed, first_refusal
+
+    def sweep(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        idle = 60.0  # a bucket refills completely in a minute
+        while self._addresses:
+            address, entry = next(iter(self._addresses.items()))
+            if entry[1] + idle > now:
+                break
+            del self._addresses[address]
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class SessionResource(Resource):
+    """/api and everything below it."""
+
+    isLeaf = True
+
+    def __init__(self, api: "SessionAPI"):
+        super().__init__()
+        self._api = api
+
+    # --- routing
+
+    def _route(self, postpath: list[bytes]) -> tuple[str, str | None, tuple[str, ...]] | None:
+        """(route, raw session id, methods) for the path below /api, or None."""
+        parts = list(postpath)
+        if parts and parts[-1] == b"" and len(parts) > 1:
+            parts.pop()  # one trailing slash is forgiven
+        if not parts or parts[0] != b"session":
+            return None
+        if len(parts) == 1:
+            return "collection", None, ("POST", "OPTIONS")
+        raw_id = parts[1].decode("utf-8", "replace")
+        if len(parts) == 2:
+            return "session", raw_id, ("GET", "DELETE", "OPTIONS")
+        if len(parts) == 3 and parts[2] in (b"answer", b"ice"):
+            return parts[2].decode(), raw_id, ("POST", "OPTIONS")
+        return None
+
+    def render(self, request: Request):
+        try:
+            return self._render(request)
+        except Exception:
+            log.failure("internal error answering {method} {path}",
+                        method=request.method.decode("ascii", "replace"),
+                        path=request.path.decode("ascii", "replace")[:200])
+            return error_response(request, http.INTERNAL_SERVER_ERROR, "internal error")
+
+    def _render(self, request: Request):
+        api = self._api
+        settings = api.sync()
+        self._cors(request, settings)
+        route = self._route(request.postpath)
+        method = request.method.decode("ascii", "replace")
+        if route is None:
+            return error_response(request, http.NOT_FOUND, "not found")
+        name, raw_id, methods = route
+        if method == "OPTIONS":
+            return self._preflight(request, methods)
+
+        address = api.address(request)
+        allowed, first_refusal = api.rate.allow(address)
+        if not allowed:
+            if first_refusal:
+                api.node.events.emit("warn", "limit.rest_rate", address=address,
+                                     per_minute=api.rate.per_minute)
+            request.setHeader(b"retry-after", str(api.rate.retry_after).encode())
+            return error_response(request, TOO_MANY_REQUESTS, "too many requests, slow down")
+
+        if method not in methods:
+            request.setHeader(b"allow", ", ".join(methods).encode())
+            return error_response(request, http.NOT_ALLOWED, f"method {method} not allowed")
+
+        store = api.store
+        try:
+            if name == "collection":
+                session = store.create(self._body(request, settings), owner=address)
+                api.node.events.emit("info", "session.created", address=address,
+                                     expires_at=session.expires_at, sessions=len(store))
+                return json_response(request, http.CREATED, {
+                    "success": True, "session_id": session.session_id, "expires_at": session.expires_at})
+            if name == "session" and method == "GET":
+                return json_response(request, http.OK, store.get(raw_id, address))
+            if name == "session":  # DELETE
+                store.delete(raw_id)
+                api.node.events.emit("info", "session.deleted", address=address, sessions=len(store))
+                return json_response(request, http.OK, {"success": True})
+            body = self._body(request, settings)
+            if name == "answer":
+                store.answer(raw_id, body)
+                api.node.events.emit("info", "session.answered", address=address)
+            else:
+                store.add_ice(raw_id, body)
+            return json_response(request, http.OK, {"success": True})
+        except _Refused as e:
+            return error_response(request, e.status, e.message)
+        except SessionError as e:
+            if e.status == TOO_MANY_REQUESTS:
+                api.node.events.emit("warn", "session.attempts_exceeded", address=address)
+            elif e.status == http.SERVICE_UNAVAILABLE:
+                api.node.events.emit("warn", "limit.sessions", address=address, sessions=len(store))
+            return error_response(request, e.status, e.message)
+
+    # --- pieces
+
+    @staticmethod
+    def _body(request: Request, settings) -> dict:
+        limit = settings.session_body_max_bytes
+        length = request.getHeader(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            raise _Refused(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+        content = request.content
+        if content is None:
+            data = b""
+        else:
+            content.seek(0)
+            data = content.read(limit + 1)
+        if len(data) > limit:
+            raise _Refused(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+        if not data.strip():
+            raise _Refused(http.BAD_REQUEST, "a JSON object body is required")
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise _Refused(http.BAD_REQUEST, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise _Refused(http.BAD_REQUEST, "body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _cors(request: Request, settings) -> None:
+        origins = settings.cors_origins
+        origin = request.getHeader(b"origin")
+        if "*" in origins:
+            request.setHeader(b"access-control-allow-origin", b"*")
+        else:
+            request.setHeader(b"vary", b"Origin")
+            if origin is not None and origin.decode("latin-1") in origins:
+                request.setHeader(b"access-control-allow-origin", origin)
+        request.setHeader(b"access-control-expose-headers", b"Retry-After")
+
+    @staticmethod
+    def _preflight(request: Request, methods: tuple[str, ...]):
+        request.setResponseCode(http.NO_CONTENT)
+        request.setHeader(b"access-control-allow-methods", ", ".join(methods).encode())
+        asked = (request.getHeader(b"access-control-request-headers") or b"").strip()
+        if asked and len(asked) <= 512 and set(asked) <= _HEADER_TOKEN:
+            allow = asked  # any header is fine: no credentials are involved
+        else:
+            allow = DEFAULT_ALLOW_HEADERS
+        request.setHeader(b"access-control-allow-headers", allow)
+        request.setHeader(b"access-control-max-age", PREFLIGHT_MAX_AGE)
+        request.setHeader(b"allow", ", ".join(methods).encode())
+        request.setHeader(b"cache-control", b"no-store")
+        request.finish()  # a 204 goes out without Content-Length (RFC 9110 8.6)
+        return NOT_DONE_YET
+
+
+class SessionExpiry(Service):
+    """Sweeps expired sessions (and idle rate-limit entries) every ``interval`` seconds."""
+
+    name = "session-expiry"
+
+    def __init__(self, api: "SessionAPI", clock, interval: float = 1.0):
+        self._api = api
+        self._clock = clock
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self):
+        Service.stopService(self)
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def _tick(self) -> None:
+        try:
+            dropped = self._api.store.expire()
+            self._api.rate.sweep()
+            if dropped:
+                self._api.node.events.emit("debug", "session.expired", count=dropped,
+                                           sessions=len(self._api.store))
+        except Exception:
+            log.failure("internal error sweeping expired sessions")
+
+
+class SessionAPI:
+    """The session store with its HTTP resource and its expiry timer."""
+
+    def __init__(self, node):
+        self.node = node
+        self._settings = node.settings
+        self.store = SessionStore(node.clock.seconds, session_limits(node.settings))
+        self.rate = AddressRateLimiter(node.clock.seconds, node.settings.session_rate_per_minute)
+        self.resource = SessionResource(self)
+        self.service = SessionExpiry(self, node.clock)
+
+    def sync(self):
+        """The current settings, applied to the store and the rate limiter if they changed."""
+        settings = self.node.settings
+        if settings is not self._settings:
+            self._settings = settings
+            self.store.limits = session_limits(settings)
+            self.rate.configure(settings.session_rate_per_minute)
+        return settings
+
+    def address(self, request: Request) -> str:
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", None) or str(peer)
+        forwarded = request.getHeader(b"x-forwarded-for")
+        return client_address(host, forwarded.decode("latin-1") if forwarded is not None else None,
+                              self.node.trusted_proxies)

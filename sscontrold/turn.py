@@ -1,0 +1,292 @@
+"""TURN REST credentials (draft-uberti-behave-turn-rest-00), as coturn checks them
+with ``use-auth-secret``: over HTTP at ``/turn`` and over the WebSocket as
+``{"type": "turn"}``.
+
+    username = f"{expiry}:{user}"        expiry = now + ttl (Unix seconds)
+    password = base64(HMAC-SHA1(key=secret, msg=username))
+
+The first of ``turn_secrets`` signs; coturn lists all of them (rotation). Settings
+are read from ``node.settings`` on every request, so a reload's secrets apply at
+once. Neither a secret, an API key nor a password is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any, Iterable, Mapping, Sequence
+
+import orjson
+from prometheus_client import Counter
+from twisted.web import http
+from twisted.web.server import Request
+
+from .domain.auth import AuthRefused
+from .domain.client import BadMessage, Client
+from .protocol import client_address
+from .web import JSONResource, error_response, json_response
+
+MAX_USER_LENGTH = 128
+NOT_CONFIGURED = "TURN is not configured"
+
+CREDENTIALS_ISSUED = Counter(
+    "sscontrol_turn_credentials_issued_total",
+    "TURN REST credentials issued, by the way they were asked for.",
+    ["via"],
+)
+for _via in ("http", "websocket"):  # both series exist (at 0) from the start
+    CREDENTIALS_ISSUED.labels(via=_via)
+
+
+# --- the pure part
+
+
+def turn_password(secret: str, username: str) -> str:
+    """base64(HMAC-SHA1(key=secret, msg=username)), as coturn's use-auth-secret computes it."""
+    digest = hmac.new(secret.encode("utf-8"), username.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def valid_user(user: Any) -> bool:
+    """A user part coturn and every client take as is: printable, no ':', 1..128 characters."""
+    return (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH
+            and user.isprintable() and ":" not in user)
+
+
+def issue_credentials(secret: str, user: str, ttl: int, uris: Iterable[str], now: float) -> dict:
+    """The credentials for ``user``, valid until ``now + ttl``, signed with ``secret``.
+
+    ``ttl`` may be negative (tests make expired credentials that way); the daemon's
+    settings keep it at least 60 s.
+    """
+    username = f"{int(now) + int(ttl)}:{user}"
+    password = turn_password(secret, username)
+    uris = list(uris)
+    return {
+        "username": username,
+        "password": password,
+        "ttl": int(ttl),
+        "uris": uris,
+        "iceServers": [{"urls": list(uris), "username": username, "credential": password}],
+    }
+
+
+def pick_user(settings, device_id: str | None = None, requested: Any = None) -> str:
+    """The user part: an authenticated device id, else a valid requested name, else turn_user.
+
+    A requested name that is not valid raises ValueError; an authenticated device id
+    that is not a valid user part (too long, a ':') falls back to ``turn_user``.
+    """
+    if device_id is not None:
+        return device_id if valid_user(device_id) else settings.turn_user
+    if requested is not None and requested != "":
+        if not valid_user(requested):
+            raise ValueError(f"username must be printable, without ':', at most {MAX_USER_LENGTH} characters")
+        return requested
+    return settings.turn_user
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def api_key_matches(keys: Sequence[str], given: str) -> bool:
+    """Constant time in the key's content and length; every key is compared (no early exit)."""
+    given_digest = _digest(given)
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(_digest(key), given_digest)
+    return matched
+
+
+# --- HTTP: /turn
+
+_TOKEN_FIELDS = ("device_id", "timestamp", "nonce", "token")
+
+
+class RequestError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _request_params(request: Request, max_body: int) -> dict[str, Any]:
+    """Query (and form-encoded body) arguments, then JSON body fields on top."""
+    params: dict[str, Any] = {}
+    for name, values in (request.args or {}).items():
+        if values:
+            try:
+                params[name.decode("utf-8")] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(http.BAD_REQUEST, "arguments must be UTF-8") from None
+    content = getattr(request, "content", None)
+    if request.method == b"POST" and content is not None:
+        content.seek(0)
+        body = content.read(max_body + 1)
+        if len(body) > max_body:
+            raise RequestError(http.REQUEST_ENTITY_TOO_LARGE, f"request body larger than {max_body} bytes")
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if body.strip() and (ctype == b"application/json" or body.lstrip()[:1] == b"{"):
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise RequestError(http.BAD_REQUEST, "invalid JSON body") from None
+            if not isinstance(data, dict):
+                raise RequestError(http.BAD_REQUEST, "the JSON body must be an object")
+            params.update(data)
+    return params
+
+
+def _token_fields(params: Mapping[str, Any], max_id: int) -> tuple[str, int, str, str]:
+    device_id, timestamp, nonce, token = (params.get(name) for name in _TOKEN_FIELDS)
+    if isinstance(timestamp, str) and timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 16:
+        timestamp = int(timestamp)
+    if not (isinstance(device_id, str) and 0 < len(device_id) <= max_id
+            and isinstance(nonce, str) and 0 < len(nonce) <= max_id
+            and isinstance(token, str) and 0 < len(token) <= 128
+            and isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= 2**53):
+        raise RequestError(http.BAD_REQUEST, "token auth needs device_id, timestamp (whole seconds), "
+                                             "nonce and token")
+    return device_id, timestamp, nonce, token
+
+
+class TurnResource(JSONResource):
+    """``/turn``: GET or POST; credentials in the response body (JSON)."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    # --- CORS
+
+    def _cors(self, request: Request, settings) -> None:
+        origins = settings.cors_origins
+        if "*" in origins:
+            request.setHeader(b"access-control-allow-origin", b"*")
+            return
+        request.setHeader(b"vary", b"Origin")
+        origin = request.getHeader(b"origin")
+        if origin is not None and origin.decode("latin-1") in origins:
+            request.setHeader(b"access-control-allow-origin", origin)
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        self._cors(request, self.node.settings)
+        request.setResponseCode(http.NO_CONTENT)
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
+        request.setHeader(b"access-control-max-age", b"600")
+        return b""
+
+    # --- credentials
+
+    def render_GET(self, request: Request) -> bytes:
+        return self._issue(request)
+
+    def render_POST(self, request: Request) -> bytes:
+        return self._issue(request)
+
+    def _issue(self, request: Request) -> bytes:
+        node = self.node
+        settings = node.settings  # read per request: a reload applies at once
+        self._cors(request, settings)
+        if not settings.turn_secrets:
+            return error_response(request, http.NOT_FOUND, NOT_CONFIGURED)
+        peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
+        address = client_address(peer, _header(request, b"x-forwarded-for"), node.trusted_proxies)
+        try:
+            params = _request_params(request, settings.session_body_max_bytes)
+            service = params.get("service")
+            if service is not None and service != "turn":
+                raise RequestError(http.BAD_REQUEST, "unsupported service: only 'turn' is served")
+            device_id = self._authenticate(request, params, address)
+            try:
+                user = pick_user(settings, device_id, params.get("username"))
+            except ValueError as e:
+                raise RequestError(http.BAD_REQUEST, str(e)) from None
+        except RequestError as e:
+            if e.code == http.UNAUTHORIZED:
+                request.setHeader(b"www-authenticate", b'Bearer realm="sscontrol"')
+            return error_response(request, e.code, e.message)
+        credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
+                                        settings.turn_uris, node.clock.seconds())
+        CREDENTIALS_ISSUED.labels(via="http").inc()
+        node.events.emit("info", "turn.issued", via="http", address=address, device_id=device_id,
+                         user=user, ttl=settings.turn_ttl)
+        return json_response(request, http.OK, credentials)
+
+    def _authenticate(self, request: Request, params: Mapping[str, Any], address: str) -> str | None:
+        """None when the caller is let in without a device (auth off, or an API key);
+        the device id when it authenticated with an HMAC token. Raises RequestError."""
+        node = self.node
+        authenticator = node.authenticator
+        if not authenticator.enabled:
+            return None
+        keys = authenticator.policy.api_keys
+        authorization = _header(request, b"authorization")
+        given = None
+        if authorization is not None:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                self._refused(address, "bad_authorization_header")
+                raise RequestError(http.UNAUTHORIZED, "authentication failed: use 'Authorization: Bearer <api key>'")
+            given = value.strip()
+        else:
+            for name in ("key", "api"):
+                if params.get(name) not in (None, ""):
+                    given = params[name]
+                    break
+        if given is not None:
+            if not isinstance(given, str) or not api_key_matches(keys, given):
+                self._refused(address, "bad_api_key")
+                raise RequestError(http.UNAUTHORIZED, "authentication failed: invalid API key")
+            return None
+        if any(name in params for name in _TOKEN_FIELDS):
+            device_id, timestamp, nonce, token = _token_fields(params, node.limits.max_id_length)
+            try:
+                authenticator.verify(device_id, timestamp, nonce, token)
+            except AuthRefused as refused:
+                self._refused(address, refused.reason, device_id)
+                raise RequestError(http.UNAUTHORIZED, refused.message) from None
+            return device_id
+        raise RequestError(http.UNAUTHORIZED, "authentication required: an API key "
+                                              "(Authorization: Bearer, key= or api=) or an HMAC token")
+
+    def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:
+        self.node.events.emit("warn", "auth.refused", address=address, device_id=device_id,
+                              reason=reason, via="turn")
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+# --- WebSocket: {"type": "turn"}
+
+
+def websocket_turn(node):
+    """The ``node.extensions["turn"]`` handler: answers ``{"type": "turn_credentials", ...}``.
+
+    The Client only lets it run once the connection is authenticated (when auth is on).
+    """
+
+    def handle_turn(client: Client, message: dict) -> None:
+        settings = node.settings
+        if not settings.turn_secrets:
+            raise BadMessage(NOT_CONFIGURED, "turn_unavailable")
+        device_id = client.device_id if node.authenticator.enabled else None
+        try:
+            user = pick_user(settings, device_id, message.get("username"))
+        except ValueError as e:
+            raise BadMessage(str(e)) from None
+        credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
+                                        settings.turn_uris, node.clock.seconds())
+        CREDENTIALS_ISSUED.labels(via="websocket").inc()
+        node.events.emit("info", "turn.issued", via="websocket", address=client.address,
+                         device_id=client.device_id, peer_id=client.peer_id, user=user,
+                         ttl=settings.turn_ttl)
+        client.send({"type": "turn_credentials", **credentials})
+
+    return handle_turn
