@@ -23,7 +23,7 @@ from twisted.web import http
 from twisted.web.server import Request
 
 from .domain.auth import AuthRefused
-from .domain.client import BadMessage, Client
+from .domain.client import AUTH, BadMessage, Client
 from .protocol import client_address
 from .web import JSONResource, error_response, json_response
 
@@ -241,6 +241,7 @@ class TurnResource(JSONResource):
             if not isinstance(given, str) or not api_key_matches(keys, given):
                 self._refused(address, "bad_api_key")
                 raise RequestError(http.UNAUTHORIZED, "authentication failed: invalid API key")
+            AUTH.labels("accepted", "api_key").inc()
             return None
         if any(name in params for name in _TOKEN_FIELDS):
             device_id, timestamp, nonce, token = _token_fields(params, node.limits.max_id_length)
@@ -249,11 +250,14 @@ class TurnResource(JSONResource):
             except AuthRefused as refused:
                 self._refused(address, refused.reason, device_id)
                 raise RequestError(http.UNAUTHORIZED, refused.message) from None
+            AUTH.labels("accepted", "token").inc()
             return device_id
+        self._refused(address, "missing_credentials")
         raise RequestError(http.UNAUTHORIZED, "authentication required: an API key "
                                               "(Authorization: Bearer, key= or api=) or an HMAC token")
 
     def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:
+        AUTH.labels("refused", reason).inc()
         self.node.events.emit("warn", "auth.refused", address=address, device_id=device_id,
                               reason=reason, via="turn")
 
