@@ -153,6 +153,11 @@ FIELDS: tuple[Field, ...] = (
     Field("rate_limit_strikes", "limits", _int_range(1), 50,
           "Refused messages in a row (each answered with an error) before the connection is closed with 1008."),
     Field("max_peers_per_room", "limits", _int_range(1), 16, "Peers in one room; the next join gets 'room full'."),
+    Field("resume_grace", "limits", _seconds(0), 10.0,
+          "Seconds a peer whose connection dropped keeps its place (and its messages) for a resume; "
+          "its room sees peer_left only after that. 0: peer_left at once."),
+    Field("resume_max_messages", "limits", _int_range(1), 256, "Messages held for a dropped peer."),
+    Field("resume_max_bytes", "limits", _int_range(1024), 1024 * 1024, "Bytes held for a dropped peer."),
     Field("max_connections", "limits", _int_range(1), 20000, "WebSocket connections in total (503 at the handshake)."),
     Field("max_connections_per_ip", "limits", _int_range(1), 100,
           "WebSocket connections from one client address (429 at the handshake)."),

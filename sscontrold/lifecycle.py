@@ -78,6 +78,10 @@ class DrainingService(MultiService):
         self.drain_steps: list[Callable[[], object]] = []
 
     def stopService(self):
+        # A second SIGTERM/SIGINT while draining must not stop the reactor twice.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: self._clock.callFromThread(
+                events.emit, "info", "drain.signal_ignored", signal=signal.Signals(signum).name))
         d = DeferredList([maybeDeferred(step) for step in self.drain_steps], consumeErrors=True)
         d.addCallback(lambda _: MultiService.stopService(self))
         return d

@@ -9,7 +9,7 @@ from typing import Any
 from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
 from .domain.client import Client, MessageLimits
 from .domain.limits import ConnectionCounter
-from .domain.rooms import Hub
+from .domain.rooms import HoldLimits, Hub
 
 
 def auth_policy(settings) -> AuthPolicy:
@@ -33,12 +33,17 @@ def message_limits(settings) -> MessageLimits:
     )
 
 
+def hold_limits(settings) -> HoldLimits:
+    return HoldLimits(grace=settings.resume_grace, max_messages=settings.resume_max_messages,
+                      max_bytes=settings.resume_max_bytes)
+
+
 class SignalingNode:
     def __init__(self, settings, clock, events):
         self.clock = clock
         self.events = events
         self.settings = settings
-        self.hub = Hub(settings.max_peers_per_room)
+        self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings))
         self.nonces = MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
         self.connections = ConnectionCounter(settings.max_connections, settings.max_connections_per_ip)
@@ -55,6 +60,7 @@ class SignalingNode:
         """Take new settings: new connections (and new messages) see them; none is closed."""
         self.settings = settings
         self.hub.max_peers_per_room = settings.max_peers_per_room
+        self.hub.hold = hold_limits(settings)
         self.authenticator.policy = auth_policy(settings)
         self.connections.max_total = settings.max_connections
         self.connections.max_per_address = settings.max_connections_per_ip
@@ -67,4 +73,5 @@ class SignalingNode:
         return f"{state}: {self.connections.total} connections, {self.hub.room_count} rooms"
 
     def summary(self) -> dict:
-        return {"connections": self.connections.total, "rooms": self.hub.room_count}
+        return {"connections": self.connections.total, "rooms": self.hub.room_count,
+                "held_peers": self.hub.held_count}

@@ -21,6 +21,7 @@ log = Logger(namespace="sscontrold.protocol")
 
 CLOSE_INTERNAL_ERROR = 1011
 RELAYED = frozenset({"offer", "answer", "ice"})
+RESUMABLE_CLOSE_CODES = frozenset({1012})  # service restart: reconnect and resume
 
 ACTIVE = Gauge("sscontrol_active_connections", "Open WebSocket connections.")
 MESSAGES = Counter("sscontrol_messages_total", "WebSocket messages received, by type "
@@ -104,12 +105,20 @@ class SignalingProtocol(WebSocketServerProtocol):
             client = self.client
             if client is not None:
                 self.client = None
-                client.disconnected()
+                client.disconnected(resumable=self._resumable(wasClean))
                 node.events.emit("info", "connection.close", address=self.address,
                                  device_id=client.device_id, peer_id=client.peer_id,
                                  code=code, clean=wasClean)
         except Exception:
             log.failure("internal error closing the connection of {address}", address=self.address)
+
+    def _resumable(self, was_clean: bool) -> bool:
+        """Whether the peer may come back: its connection dropped, or we asked it to
+        reconnect (1012). A close the client chose, or one we forced for a policy
+        breach, ends the peer at once."""
+        if self.closedByMe:
+            return self.localCloseCode in RESUMABLE_CLOSE_CODES
+        return not was_clean
 
     # --- the domain's Connection interface
 

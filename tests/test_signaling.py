@@ -134,15 +134,21 @@ def test_peer_left_on_close(daemon):
     assert a.recv() == {"type": "peer_left", "peer_id": b_id}
 
 
-def test_peer_left_when_tcp_dies_without_close_frame(daemon):
-    a = connect(daemon.ws)
+@pytest.mark.parametrize("grace", [0, 1])
+def test_peer_left_when_tcp_dies_without_close_frame(daemon_factory, grace):
+    d = daemon_factory("--resume-grace", str(grace))
+    a = connect(d.ws)
     a.join("r")
-    raw = RawPeer("127.0.0.1", daemon.port)
+    raw = RawPeer("127.0.0.1", d.port)
     raw.send_json({"type": "join", "room_id": "r"})
     raw_id = raw.recv_json()["peer_id"]
     assert a.recv() == {"type": "new_peer", "peer_id": raw_id}
+    dropped = time.monotonic()
     raw.drop()
+    # after the resume grace (its place is held that long), exactly once
     assert a.recv() == {"type": "peer_left", "peer_id": raw_id}
+    assert grace * 0.8 <= time.monotonic() - dropped < grace + 3
+    assert a.nothing(0.5)
 
 
 # --- auth
@@ -367,7 +373,7 @@ def test_handshake_timeout_drops_slow_clients(daemon_factory):
 
 
 def test_keepalive_drops_dead_peers(daemon_factory):
-    d = daemon_factory("--ping-interval", "1", "--ping-timeout", "2")
+    d = daemon_factory("--ping-interval", "1", "--ping-timeout", "2", "--resume-grace", "0")
     a = connect(d.ws)  # the websockets library answers pings: it stays
     a.join("r")
     raw = RawPeer("127.0.0.1", d.port)  # this one never answers a ping

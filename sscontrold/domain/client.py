@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from .auth import Authenticator, AuthRefused
 from .limits import TokenBucket
-from .rooms import Hub, NotInRoom, RoomFull, UnknownPeer
+from .rooms import Hub, NotInRoom, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
 CLOSE_POLICY_VIOLATION = 1008
@@ -164,13 +164,19 @@ class Client:
             self.send_error(e.message, e.code)
         return kind
 
-    def disconnected(self) -> None:
-        """The connection is gone (close frame, TCP loss or our own close)."""
+    def disconnected(self, resumable: bool = False) -> None:
+        """The connection is gone. ``resumable``: it dropped (or the server asked the
+        client to reconnect), so the peer's place is held for the resume grace;
+        otherwise (a deliberate close) the peer leaves at once."""
         if self.closed:
             return
         self.closed = True
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
+        if resumable and self.hub.detach(self):
+            self.events.emit("info", "room.detach", address=self.address, device_id=self.device_id,
+                             peer_id=self.peer_id)
+            return
         room = self.hub.leave(self)
         if room is not None:
             self.events.emit("info", "room.leave", address=self.address, device_id=self.device_id,
@@ -247,7 +253,26 @@ class Client:
                              peer_id=self.peer_id, reason="moved")
         self.events.emit("info", "room.join", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, peers=len(others))
-        self.send({"type": "peers", "peers": [{"id": pid} for pid in others], "peer_id": self.peer_id})
+        self.send({"type": "peers", "peers": [{"id": pid} for pid in others], "peer_id": self.peer_id,
+                   "resume_token": self.hub.resume_token(self)})
+
+    def handle_resume(self, message: dict) -> None:
+        """Take back the place of a peer whose connection dropped (an extension:
+        the answer, ``resumed``, goes only to clients that ask)."""
+        token = self._str(message, "resume_token", 128)
+        if self.hub.room_of(self) is not None:
+            raise BadMessage("resume on a new connection, before any join", "already_joined")
+        fresh_id = self.peer_id
+        try:
+            resumed = self.hub.resume(token, self)
+        except UnknownToken:
+            raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
+        self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
+                         peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
+        self.send({"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
+                   "peers": [{"id": pid} for pid in resumed.others], "resume_token": token})
+        for held in resumed.held:
+            self.send(held)
 
     def handle_offer(self, message: dict) -> None:
         self._relay_sdp("offer", message)
