@@ -94,7 +94,11 @@ def drain(node, factory, notifier, clock, deadline: float, spread: float = 5.0) 
     events.emit("info", "drain.start", connections=len(factory.open_connections), deadline=deadline)
     for proto in list(factory.open_connections):
         hint = int(random.uniform(0.5, max(0.5, spread)) * 1000)  # spread the reconnects
-        proto.close(CLOSE_SERVICE_RESTART, f"server restarting; reconnect_in_ms={hint}")
+        reason = f"server restarting; reconnect_in_ms={hint}"
+        if proto.client is not None:
+            proto.client.release(CLOSE_SERVICE_RESTART, reason)
+        else:
+            proto.close(CLOSE_SERVICE_RESTART, reason)
     done = Deferred()
     ends_at = clock.seconds() + deadline
 

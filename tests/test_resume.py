@@ -9,7 +9,10 @@ import time
 import pytest
 from twisted.internet.task import Clock
 
+from sscontrold.domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
+from sscontrold.domain.client import Client, MessageLimits
 from sscontrold.domain.rooms import HoldLimits, Hub, UnknownToken
+from test_domain import FakeConnection, NullEvents, send
 from wsclient import RawPeer, connect
 
 
@@ -172,3 +175,28 @@ def test_hub_resume_then_old_member_cannot_leave():
     assert a.got == [{"type": "new_peer", "peer_id": "b"}]
     hub.relay(a, "b", {"n": 2})
     assert newer.got == [{"n": 2}]
+
+
+def test_messages_during_the_drain_close_handshake_are_held():
+    clock = Clock()
+    hub = Hub(4, clock, HoldLimits(grace=10))
+
+    auth = Authenticator(AuthPolicy(()), MemoryNonceStore(clock.seconds, 100), clock.seconds)
+    a_conn, b_conn = FakeConnection(), FakeConnection()
+    a = Client(a_conn, hub, auth, MessageLimits(), clock, NullEvents(), "x")
+    b = Client(b_conn, hub, auth, MessageLimits(), clock, NullEvents(), "y")
+    send(a, {"type": "join", "room_id": "r"})
+    send(b, {"type": "join", "room_id": "r"})
+    token = b_conn.sent[-1]["resume_token"]
+    b.release(1012, "restart")
+    assert b_conn.closed_with == (1012, "restart")
+    send(a, {"type": "offer", "to": b.peer_id, "sdp": "sent during the close handshake"})
+    send(b, {"type": "answer", "to": a.peer_id, "sdp": "b's last words"})  # still relayed
+    assert a_conn.sent[-1]["sdp"] == "b's last words"
+    b.disconnected(resumable=True)  # the close handshake ends
+    newer = FakeConnection()
+    c = Client(newer, hub, auth, MessageLimits(), clock, NullEvents(), "z")
+    send(c, {"type": "resume", "resume_token": token})
+    assert [m["type"] for m in newer.sent] == ["resumed", "offer"]
+    assert newer.sent[1]["sdp"] == "sent during the close handshake"
+    assert not [m for m in a_conn.sent if m["type"] == "peer_left"]

@@ -164,6 +164,19 @@ class Client:
             self.send_error(e.message, e.code)
         return kind
 
+    def release(self, code: int, reason: str) -> None:
+        """Ask the client to reconnect (and resume): its place is held from now on,
+        so nothing sent to it during the close handshake is lost."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        if self.hub.detach(self):
+            self.events.emit("info", "room.detach", address=self.address, device_id=self.device_id,
+                             peer_id=self.peer_id)
+        self.connection.close(code, reason)
+
     def disconnected(self, resumable: bool = False) -> None:
         """The connection is gone. ``resumable``: it dropped (or the server asked the
         client to reconnect), so the peer's place is held for the resume grace;

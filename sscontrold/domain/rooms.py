@@ -209,10 +209,16 @@ class Hub:
 
     def relay(self, sender: Member, to: str, message: dict) -> None:
         """Deliver ``message`` to member ``to`` of the sender's room."""
-        room_id = self.room_of(sender)
+        room_id = self._room_of.get(sender.peer_id)
         if room_id is None:
             raise NotInRoom()
-        target = self._rooms[room_id].get(to)
+        room = self._rooms[room_id]
+        place = room.get(sender.peer_id)
+        # A connection the server asked to reconnect may still send during the close
+        # handshake: its place is held, and what it sends still counts.
+        if place is not sender and not isinstance(place, Held):
+            raise NotInRoom()
+        target = room.get(to)
         if target is None:
             raise UnknownPeer(to)
         target.send(message)
