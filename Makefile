@@ -41,3 +41,65 @@ test: unit-test
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+
+# --- packaging and system test (begin)
+# make deb          -> build/deb/sscontrol-signaling_<version>_<arch>.deb (dh-virtualenv), rebuilt
+#                      only when a packaged source is newer; built in a staged copy
+#                      (build/deb/src) so the work tree stays clean.
+# make deb-lint     -> lintian on it (errors fail).
+# make system-test  -> only the pytest tests marked `system` (a booted Debian 12 container
+#                      under systemd-nspawn; root). `make test` runs them too.
+# Tools are apt-get installed when missing (CI machines start fresh).
+DEB_NAME      := sscontrol-signaling
+DEB_DIR       := build/deb
+DEB_VERSION   := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
+DEB_ARCH      := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_FILE      := $(DEB_DIR)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_SOURCES   := setup.cfg pyproject.toml requirements.txt sscontrold twisted etc/sscontrol/signaling.conf \
+                 etc/default/sscontrol-signaling systemd debian $(wildcard README.md LICENSE*)
+DEB_EXCLUDE   := __pycache__ '*.pyc' dropin.cache debian/$(DEB_NAME) debian/.debhelper
+DEB_INPUTS    := $(shell find $(DEB_SOURCES) \( -path debian/$(DEB_NAME) -o -path debian/.debhelper \) -prune \
+                   -o -type f ! -name '*.pyc' ! -name dropin.cache ! -path '*/__pycache__/*' -print 2>/dev/null)
+# Debian packages -> a file each one provides (checked before apt-get is run at all).
+PACKAGING_PACKAGES := debhelper:/usr/bin/dh dh-virtualenv:/usr/bin/dh_virtualenv dpkg-dev:/usr/bin/dpkg-buildpackage \
+                      build-essential:/usr/share/build-essential/list python3.11-venv:/usr/lib/python3.11/ensurepip/__init__.py \
+                      lintian:/usr/bin/lintian debootstrap:/usr/sbin/debootstrap \
+                      debian-archive-keyring:/usr/share/keyrings/debian-archive-keyring.gpg \
+                      systemd-container:/usr/bin/systemd-nspawn util-linux:/usr/bin/nsenter procps:/usr/bin/pgrep
+PYTEST_SYSTEM ?= -q -p no:cacheprovider
+
+.PHONY: packaging-deps deb-lint print-deb
+
+packaging-deps:
+	@missing=""; for pair in $(PACKAGING_PACKAGES); do \
+	  [ -e "$${pair#*:}" ] || missing="$$missing $${pair%%:*}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+deb: $(DEB_FILE)
+
+print-deb:
+	@echo $(DEB_FILE)
+
+$(DEB_FILE): $(DEB_INPUTS) | packaging-deps
+	@test -f etc/sscontrol/signaling.conf || { echo "etc/sscontrol/signaling.conf is missing: it is the package's conffile" >&2; exit 1; }
+	rm -rf $(DEB_DIR)/src && mkdir -p $(DEB_DIR)/src
+	tar -c $(addprefix --exclude=,$(DEB_EXCLUDE)) $(DEB_SOURCES) | tar -x -C $(DEB_DIR)/src
+	@echo "dpkg-buildpackage (log: $(DEB_DIR)/build.log)"
+	@cd $(DEB_DIR)/src && env -u PYTHONPATH -u PIP_REQUIRE_VIRTUALENV PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+	    dpkg-buildpackage -b -us -uc > ../build.log 2>&1 \
+	  || { tail -n 60 ../build.log >&2; exit 1; }
+	@test -f $@ && ls -l $@
+
+deb-lint: $(DEB_FILE)
+	lintian --fail-on error --no-tag-display-limit $(DEB_FILE)
+
+system-test: $(STAMP) packaging-deps
+	$(BIN)/python -m pytest $(PYTEST_SYSTEM) -m system tests/system
+
+# `make test` runs the system tests too (they are under tests/): give it their tools.
+unit-test: packaging-deps
+# --- packaging and system test (end)
