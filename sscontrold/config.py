@@ -189,6 +189,17 @@ FIELDS: tuple[Field, ...] = (
     Field("session_body_max_bytes", "sessions", _int_range(1024), 65536, "Largest REST request body."),
     Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
     Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),
+    # [redis]
+    Field("redis_url", "redis", _optional_str, None,
+          "redis:// or rediss:// URL (host, port, database) of the Redis that several nodes share. "
+          "Unset: this node keeps its state in memory. Put the password in redis_password_file, "
+          "REDIS_PASSWORD or the systemd credential redis_password, not in the URL."),
+    Field("redis_password", "redis", _optional_str, None, "Redis password (prefer redis_password_file).",
+          ("REDIS_PASSWORD",), secret=True),
+    Field("redis_password_file", "redis", _optional_str, None, "File whose first line is the Redis password."),
+    Field("redis_prefix", "redis", _str, "sscontrol:", "Prefix of every Redis key and channel of this cluster."),
+    Field("redis_timeout", "redis", _seconds(0.1), 2.0,
+          "Seconds to wait for Redis before treating it as down (reads fail, /ready turns 503)."),
     # [log]
     Field("log_level", "log", _log_level, "info", "Lowest level logged: debug, info, warn, error, critical."),
     Field("log_format", "log", _log_format, "text", "text (one line per event) or json."),
@@ -198,6 +209,9 @@ FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
 # Secret settings that may also be handed in as a systemd credential of the same name.
 CREDENTIAL_FIELDS = tuple(f.name for f in FIELDS if f.secret)
+# The setting naming a file that holds more of each secret.
+SECRET_FILE_KEYS = {"api_keys": "api_key_file", "turn_secrets": "turn_secret_file",
+                    "redis_password": "redis_password_file"}
 
 Settings = dataclasses.make_dataclass(
     "Settings",
@@ -208,7 +222,7 @@ Settings.__doc__ = "The daemon's effective settings (immutable; a reload builds 
 Settings.auth_enabled = property(lambda self: bool(self.api_keys))
 Settings.tls_enabled = property(lambda self: self.tls_cert is not None)
 Settings.__repr__ = lambda self: "Settings(%s)" % ", ".join(  # keep secrets out of any log line
-    f"{f.name}={'<%d set>' % len(getattr(self, f.name)) if f.secret else repr(getattr(self, f.name))}"
+    f"{f.name}={('<set>' if getattr(self, f.name) else '<unset>') if f.secret else repr(getattr(self, f.name))}"
     for f in FIELDS
 )
 
@@ -296,20 +310,24 @@ def load(
             values[field.name] = field.default
             sources[field.name] = "the built-in default"
 
-    # Secrets may also come from files and from systemd credentials; all are accepted
-    # together, so a new key can be added before the old one is removed.
-    for name, file_key in (("api_keys", "api_key_file"), ("turn_secrets", "turn_secret_file")):
-        if values[file_key]:
-            values[name] += _read_secret_file(values[file_key], file_key, sources[file_key])
+    # Secrets may also come from files and from systemd credentials. Lists (API keys,
+    # TURN secrets) take them all together, so a new key can be added before the old
+    # one is removed; a single secret (the Redis password) takes the first source set.
     credentials = environ.get("CREDENTIALS_DIRECTORY")
-    if credentials:
-        for name in CREDENTIAL_FIELDS:
-            cred_path = os.path.join(credentials, name)
-            if os.path.exists(cred_path):
-                values[name] = tuple(values[name]) + _read_secret_file(
-                    cred_path, name, f"systemd credential {name}")
-    for name in CREDENTIAL_FIELDS:
-        values[name] = tuple(dict.fromkeys(values[name]))  # drop repeats, keep order
+    for field in FIELDS:
+        if not field.secret:
+            continue
+        file_key = SECRET_FILE_KEYS[field.name]
+        found: tuple[str, ...] = ()
+        if values[file_key]:
+            found += _read_secret_file(values[file_key], file_key, sources[file_key])
+        cred_path = os.path.join(credentials, field.name) if credentials else None
+        if cred_path and os.path.exists(cred_path):
+            found += _read_secret_file(cred_path, field.name, f"systemd credential {field.name}")
+        if isinstance(field.default, tuple):
+            values[field.name] = tuple(dict.fromkeys(tuple(values[field.name]) + found))  # no repeats
+        elif values[field.name] is None and found:
+            values[field.name] = found[0]
 
     _check_together(values, sources)
     return Settings(**values, config_file=path if os.path.exists(path) else None)
@@ -318,6 +336,19 @@ def load(
 def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"invalid setting {key} from {sources[key]}: {why}")
+
+    url = values["redis_url"]
+    if url is not None:
+        from urllib.parse import urlsplit
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError as e:
+            fail("redis_url", f"not a URL: {e}")
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            fail("redis_url", "expected redis://HOST[:PORT][/DB] or rediss://...")
+        if parts.path not in ("", "/") and not parts.path.lstrip("/").isdigit():
+            fail("redis_url", "the path must be a database number")
 
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         missing = "tls_key" if values["tls_cert"] else "tls_cert"

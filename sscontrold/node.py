@@ -6,10 +6,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
 from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
 from .domain.client import Client, MessageLimits
 from .domain.limits import ConnectionCounter
 from .domain.rooms import HoldLimits, Hub
+
+
+log = Logger(namespace="sscontrold.node")
+
+
+def spawn(coroutine) -> None:
+    """Run a domain coroutine on the reactor; a bug in it is logged, never raised."""
+    Deferred.fromCoroutine(coroutine).addErrback(
+        lambda failure: log.failure("internal error in an asynchronous step", failure))
 
 
 def auth_policy(settings) -> AuthPolicy:
@@ -54,7 +66,7 @@ class SignalingNode:
 
     def new_client(self, connection, address: str) -> Client:
         return Client(connection, self.hub, self.authenticator, self.limits, self.clock,
-                      self.events, address, self.extensions)
+                      self.events, address, self.extensions, spawn)
 
     def apply(self, settings) -> None:
         """Take new settings: new connections (and new messages) see them; none is closed."""

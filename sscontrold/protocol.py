@@ -11,10 +11,10 @@ from time import perf_counter
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge, Histogram
 from twisted.logger import Logger
 
-from .domain.client import Client
+from .domain.client import ERRORS, Client
 from .web import REQUESTS, endpoint_label
 
 log = Logger(namespace="sscontrold.protocol")
@@ -24,8 +24,6 @@ RELAYED = frozenset({"offer", "answer", "ice"})
 RESUMABLE_CLOSE_CODES = frozenset({1012})  # service restart: reconnect and resume
 
 ACTIVE = Gauge("sscontrol_active_connections", "Open WebSocket connections.")
-MESSAGES = Counter("sscontrol_messages_total", "WebSocket messages received, by type "
-                   "(invalid, unknown and rate_limited for the ones refused before dispatch).", ["type"])
 RELAY_LATENCY = Histogram("sscontrol_relay_latency_seconds", "From a relayed message read to its copy "
                           "written to the recipient's transport.",
                           buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
@@ -86,11 +84,10 @@ class SignalingProtocol(WebSocketServerProtocol):
         try:
             kind = client.receive(payload, isBinary)
         except Exception:
-            MESSAGES.labels("internal_error").inc()
+            ERRORS.labels("internal_error").inc()
             log.failure("internal error handling a message from {address}", address=self.address)
             self.close(CLOSE_INTERNAL_ERROR, "internal error")
             return
-        MESSAGES.labels(kind).inc()
         if kind in RELAYED and client.relayed:
             RELAY_LATENCY.observe(perf_counter() - started)
 

@@ -22,8 +22,10 @@ class AuthRefused(Exception):
 
 
 class NonceStore(Protocol):
-    def add(self, key: bytes, expires_at: float) -> bool:
-        """Remember ``key`` until ``expires_at``; False if it is already remembered."""
+    def add(self, key: bytes, expires_at: float):
+        """Remember ``key`` until ``expires_at``; False if it is already remembered.
+
+        A shared store answers with an awaitable of that bool."""
 
 
 class MemoryNonceStore:
@@ -89,8 +91,10 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.policy.enabled
 
-    def verify(self, device_id: str, timestamp: int, nonce: str, token: str) -> None:
-        """Return if the credentials are good; raise AuthRefused otherwise."""
+    def verify(self, device_id: str, timestamp: int, nonce: str, token: str):
+        """Raise AuthRefused if the credentials are bad. Good ones return None, or,
+        when the nonce store answers later (Redis), an awaitable that raises
+        AuthRefused on a replay."""
         policy = self.policy
         now = self._clock()
         if policy.device_allowlist and device_id not in policy.device_allowlist:
@@ -103,8 +107,17 @@ class Authenticator:
             raise AuthRefused("bad_token", "authentication failed: invalid token")
         # Only a valid token consumes its nonce, so garbage cannot fill the store.
         key = hashlib.sha256(f"{device_id}:{timestamp}:{nonce}".encode()).digest()
-        if not self._nonces.add(key, timestamp + policy.window + policy.clock_skew):
-            raise AuthRefused("replay", "authentication failed: nonce already used")
+        fresh = self._nonces.add(key, timestamp + policy.window + policy.clock_skew)
+        if isinstance(fresh, bool):
+            if not fresh:
+                raise AuthRefused("replay", "authentication failed: nonce already used")
+            return None
+        return _refuse_replay(fresh)
+
+
+async def _refuse_replay(fresh) -> None:
+    if not await fresh:
+        raise AuthRefused("replay", "authentication failed: nonce already used")
 
 
 def _matches_any(keys: Iterable[str], device_id: str, timestamp: int, nonce: str, token: str) -> bool:

@@ -9,6 +9,7 @@ an injected clock.
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -25,6 +26,10 @@ CLOSE_TOO_BIG = 1009
 
 MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
 
+MAX_WAITING = 64  # messages kept in order behind a step that waits on Redis
+
+MESSAGES = Counter("sscontrol_messages_total", "WebSocket messages received, by type "
+                   "(invalid, unknown and rate_limited for the ones refused before dispatch).", ["type"])
 ERRORS = Counter("sscontrol_errors_total", "Errors answered to clients and internal errors, by reason.", ["reason"])
 AUTH = Counter("sscontrol_auth_total", "Authentication attempts by result and reason.", ["result", "reason"])
 
@@ -83,6 +88,7 @@ class Client:
         events: Events,
         address: str,
         extensions: dict[str, Callable[["Client", dict], None]] | None = None,
+        spawn: Callable[[Any], None] | None = None,
     ):
         self.connection = connection
         self.hub = hub
@@ -99,6 +105,8 @@ class Client:
         self._auth_failures = 0
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
         self._extensions = extensions or {}
+        self._spawn = spawn  # runs a coroutine to its end (the adapter's event loop)
+        self._waiting: deque | None = None
         self._auth_deadline = None
         if not self.authenticated:
             self._auth_deadline = clock.callLater(limits.auth_timeout, self._auth_timed_out)
@@ -120,8 +128,20 @@ class Client:
     # --- from the peer
 
     def receive(self, payload: bytes, is_binary: bool = False) -> str:
-        """Handle one WebSocket message; return its type label (for metrics)."""
+        """Handle one WebSocket message; return its type label ("queued" if it waits
+        behind a step that is still under way, to keep the client's order)."""
         self.relayed = False
+        if self._waiting is not None:
+            if len(self._waiting) >= MAX_WAITING:
+                self.close(CLOSE_POLICY_VIOLATION, "too many messages while the server was busy")
+                return "rate_limited"
+            self._waiting.append((payload, is_binary))
+            return "queued"
+        kind = self._dispatch(payload, is_binary)
+        MESSAGES.labels(kind).inc()
+        return kind
+
+    def _dispatch(self, payload: bytes, is_binary: bool) -> str:
         verdict = self._bucket.take()
         if verdict != "ok":
             self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
@@ -156,13 +176,27 @@ class Client:
             self.send_error("authentication required", "auth_required")
             return kind
         try:
-            if handler is not None:
-                handler(message)
-            else:
-                extension(self, message)
+            step = handler(message) if handler is not None else extension(self, message)
         except BadMessage as e:
             self.send_error(e.message, e.code)
+            return kind
+        if step is not None:  # a coroutine: it waits on the cluster store
+            self._waiting = deque()
+            self._spawn(self._finish(step))
         return kind
+
+    async def _finish(self, step) -> None:
+        try:
+            await step
+        except BadMessage as e:
+            self.send_error(e.message, e.code)
+        finally:
+            waiting, self._waiting = self._waiting, None
+            while waiting:
+                if self._waiting is not None:  # another step started: the rest waits behind it
+                    self._waiting.extend(waiting)
+                    break
+                self.receive(*waiting.popleft())
 
     def release(self, code: int, reason: str) -> None:
         """Ask the client to reconnect (and resume): its place is held from now on,
@@ -231,18 +265,35 @@ class Client:
             AUTH.labels("accepted", "auth_disabled").inc()
             self.device_id = device_id
             self.send({"type": "auth_success", "message": "authentication is disabled on this server"})
-            return
+            return None
         try:
-            self.authenticator.verify(device_id, timestamp, nonce, token)
+            pending = self.authenticator.verify(device_id, timestamp, nonce, token)
         except AuthRefused as refused:
-            self._auth_failures += 1
-            AUTH.labels("refused", refused.reason).inc()
-            self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
-                             reason=refused.reason)
-            self.send_error(refused.message, "auth_failed")
-            if self._auth_failures >= MAX_AUTH_FAILURES:
-                self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")
+            self._auth_refused(device_id, refused)
+            return None
+        if pending is not None:
+            return self._auth_after(pending, device_id)
+        self._auth_accepted(device_id)
+        return None
+
+    async def _auth_after(self, pending, device_id: str) -> None:
+        try:
+            await pending
+        except AuthRefused as refused:
+            self._auth_refused(device_id, refused)
             return
+        self._auth_accepted(device_id)
+
+    def _auth_refused(self, device_id: str, refused: AuthRefused) -> None:
+        self._auth_failures += 1
+        AUTH.labels("refused", refused.reason).inc()
+        self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
+                         reason=refused.reason)
+        self.send_error(refused.message, "auth_failed")
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")
+
+    def _auth_accepted(self, device_id: str) -> None:
         AUTH.labels("accepted", "token").inc()
         self.authenticated = True
         self.device_id = device_id
