@@ -51,12 +51,12 @@ def hold_limits(settings) -> HoldLimits:
 
 
 class SignalingNode:
-    def __init__(self, settings, clock, events):
+    def __init__(self, settings, clock, events, nonces=None):
         self.clock = clock
         self.events = events
         self.settings = settings
         self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings))
-        self.nonces = MemoryNonceStore(clock.seconds, settings.nonce_store_max)
+        self.nonces = nonces or MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
         self.connections = ConnectionCounter(settings.max_connections, settings.max_connections_per_ip)
         self.limits = message_limits(settings)

@@ -15,6 +15,7 @@ from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
 from .protocol import SignalingFactory
+from .redis import RedisLink, RedisNonceStore
 from .rest import SessionAPI
 from .services import FactoryLifetime, Listener, server_endpoint, with_tls
 from .systemd import Notifier, SystemdService
@@ -79,7 +80,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     settings = options.settings
     logging.configure(settings.log_level, settings.log_format)
 
-    node = SignalingNode(settings, reactor, Events())
+    redis = (RedisLink(settings.redis_url, settings.redis_password, settings.redis_prefix,
+                       settings.redis_timeout, reactor) if settings.redis_url else None)
+    node = SignalingNode(settings, reactor, Events(), nonces=RedisNonceStore(redis) if redis else None)
     factory = SignalingFactory(node, settings)
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
     notifier = Notifier()
@@ -91,6 +94,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
                        extra={b"api": sessions.resource, b"turn": TurnResource(node)})
 
     top = DrainingService(reactor)
+    if redis is not None:
+        redis.setServiceParent(top)
+        readiness.add("redis", redis.check)
     FactoryLifetime(factory).setServiceParent(top)
     sessions.service.setServiceParent(top)
     listeners = [Listener("public", server_endpoint(reactor, settings.host, settings.port),

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import orjson
 from prometheus_client import Counter
 from twisted.web import http
-from twisted.web.server import Request
+from twisted.internet.defer import Deferred
+from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.auth import AuthRefused
 from .domain.client import AUTH, BadMessage, Client
@@ -103,6 +104,15 @@ def api_key_matches(keys: Sequence[str], given: str) -> bool:
 # --- HTTP: /turn
 
 _TOKEN_FIELDS = ("device_id", "timestamp", "nonce", "token")
+
+
+class _NonceCheck(Exception):
+    """The token is good but its nonce is still being checked in the shared store."""
+
+    def __init__(self, pending, device_id: str):
+        super().__init__()
+        self.pending = pending
+        self.device_id = device_id
 
 
 class RequestError(Exception):
@@ -201,14 +211,43 @@ class TurnResource(JSONResource):
             if service is not None and service != "turn":
                 raise RequestError(http.BAD_REQUEST, "unsupported service: only 'turn' is served")
             device_id = self._authenticate(request, params, address)
-            try:
-                user = pick_user(settings, device_id, params.get("username"))
-            except ValueError as e:
-                raise RequestError(http.BAD_REQUEST, str(e)) from None
         except RequestError as e:
-            if e.code == http.UNAUTHORIZED:
-                request.setHeader(b"www-authenticate", b'Bearer realm="sscontrol"')
-            return error_response(request, e.code, e.message)
+            return self._error(request, e)
+        except _NonceCheck as check:  # the nonce is checked in Redis: answer when it has
+            d = Deferred.fromCoroutine(check.pending)
+            d.addCallback(self._accepted_later, request, settings, address, check.device_id, params)
+            d.addErrback(self._refused_later, request, address, check.device_id)
+            d.addCallback(self._write, request)
+            return NOT_DONE_YET
+        return self._respond(request, settings, address, device_id, params)
+
+    def _accepted_later(self, _, request: Request, settings, address: str, device_id: str, params) -> bytes:
+        AUTH.labels("accepted", "token").inc()
+        return self._respond(request, settings, address, device_id, params)
+
+    def _refused_later(self, failure, request: Request, address: str, device_id: str) -> bytes:
+        refused = failure.trap(AuthRefused) and failure.value
+        self._refused(address, refused.reason, device_id)
+        return self._error(request, RequestError(http.UNAUTHORIZED, refused.message))
+
+    @staticmethod
+    def _write(body: bytes, request: Request) -> None:
+        if not request.finished and not request._disconnected:
+            request.write(body)
+            request.finish()
+
+    @staticmethod
+    def _error(request: Request, e: RequestError) -> bytes:
+        if e.code == http.UNAUTHORIZED:
+            request.setHeader(b"www-authenticate", b'Bearer realm="sscontrol"')
+        return error_response(request, e.code, e.message)
+
+    def _respond(self, request: Request, settings, address: str, device_id: str | None, params) -> bytes:
+        node = self.node
+        try:
+            user = pick_user(settings, device_id, params.get("username"))
+        except ValueError as e:
+            return self._error(request, RequestError(http.BAD_REQUEST, str(e)))
         credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
                                         settings.turn_uris, node.clock.seconds())
         CREDENTIALS_ISSUED.labels(via="http").inc()
@@ -246,10 +285,12 @@ class TurnResource(JSONResource):
         if any(name in params for name in _TOKEN_FIELDS):
             device_id, timestamp, nonce, token = _token_fields(params, node.limits.max_id_length)
             try:
-                authenticator.verify(device_id, timestamp, nonce, token)
+                pending = authenticator.verify(device_id, timestamp, nonce, token)
             except AuthRefused as refused:
                 self._refused(address, refused.reason, device_id)
                 raise RequestError(http.UNAUTHORIZED, refused.message) from None
+            if pending is not None:
+                raise _NonceCheck(pending, device_id)
             AUTH.labels("accepted", "token").inc()
             return device_id
         self._refused(address, "missing_credentials")

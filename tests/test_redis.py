@@ -1,0 +1,104 @@
+"""Several nodes on one real redis-server: shared replay protection, and what a
+node does while Redis is away."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from conftest import http, http_json
+from redisserver import RedisServer, redis_server  # noqa: F401  (fixture)
+from test_admin import scrape, value
+from test_lifecycle import NotifySocket
+from wsclient import auth_message, connect
+
+KEY = "cluster-test-key-91b2"
+
+
+def wait_ready(d, want: int, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = http_json("GET", d.admin + "/ready")
+        if status == want:
+            return body
+        assert time.monotonic() < deadline, (status, body)
+        time.sleep(0.1)
+
+
+def test_a_token_replayed_on_another_node_is_refused(daemon_factory, redis_server):
+    redis = redis_server()
+    env = {"SSCONTROL_API_KEY": KEY, "SSCONTROL_REDIS_URL": redis.url}
+    one, two = daemon_factory(env=env), daemon_factory(env=env)
+    for d in (one, two):
+        wait_ready(d, 200)
+    message = auth_message(KEY, "device-r")
+    assert connect(one.ws).request(message)["type"] == "auth_success"
+    reply = connect(two.ws).request(message)
+    assert reply["type"] == "error" and "nonce already used" in reply["message"]
+    assert b"sscontrol:nonce:" in redis.command("KEYS", "sscontrol:nonce:*")
+    ttl = int(redis.command("PTTL", redis.command("KEYS", "*").split(b"\r\n")[2].decode()).strip(b":\r\n"))
+    assert 250_000 < ttl <= 330_000  # forgotten once the token is too old anyway
+
+
+def test_redis_outage_local_service_goes_on_and_ready_comes_back(daemon_factory, redis_server):
+    redis = redis_server()
+    d = daemon_factory("--redis-timeout", "0.5", env={"SSCONTROL_API_KEY": KEY, "SSCONTROL_REDIS_URL": redis.url})
+    assert wait_ready(d, 200)["checks"]["redis"] == "ok"
+    a, b = connect(d.ws), connect(d.ws)
+    for p in (a, b):
+        assert p.request(auth_message(KEY))["type"] == "auth_success"
+    a.join("local")
+    b_id = b.join("local")["peer_id"]
+    a.recv()
+    assert value(scrape(d), "sscontrol_redis_up") == 1
+
+    redis.kill()
+    body = wait_ready(d, 503)
+    assert body["failing"] == ["redis"] and "cannot reach Redis" in body["checks"]["redis"]
+    assert value(scrape(d), "sscontrol_redis_up") == 0
+    a.send({"type": "offer", "to": b_id, "sdp": "during the outage"})  # both peers local: served
+    assert b.recv()["sdp"] == "during the outage"
+    reply = connect(d.ws).request(auth_message(KEY))
+    assert reply["type"] == "error" and "temporarily unavailable" in reply["message"]  # fails closed
+
+    redis.proc = None
+    redis.start()  # same port
+    assert wait_ready(d, 200, timeout=15)["checks"]["redis"] == "ok"
+    assert connect(d.ws).request(auth_message(KEY))["type"] == "auth_success"
+    assert "redis.down" in d.log() and "redis.up" in d.log()
+
+
+def test_ready_waits_for_redis_at_start(daemon_factory, tmp_path):
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    redis_port = port.getsockname()[1]
+    port.close()
+    sink = NotifySocket(tmp_path / "notify")
+    d = daemon_factory("--redis-timeout", "0.5",
+                       env={"SSCONTROL_REDIS_URL": f"redis://127.0.0.1:{redis_port}", "NOTIFY_SOCKET": sink.path})
+    body = wait_ready(d, 503)
+    assert body["failing"] == ["redis"]
+    assert not [m for m in sink.messages(1.0) if "READY=1" in m]  # not ready without Redis
+    server = RedisServer(tmp_path, None)
+    server.port = redis_port  # the address the daemon was given, Redis not yet there
+    server.start()
+    try:
+        sink.wait_for("READY=1", timeout=15)
+        wait_ready(d, 200)
+    finally:
+        server.kill()
+
+
+def test_redis_password_from_a_credential_never_shown(daemon_factory, redis_server, tmp_path):
+    redis = redis_server(password="redis-secret-pw-4411")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "redis_password").write_text("redis-secret-pw-4411\n")
+    d = daemon_factory(env={"SSCONTROL_REDIS_URL": redis.url, "CREDENTIALS_DIRECTORY": str(creds),
+                            "SSCONTROL_API_KEY": KEY})
+    wait_ready(d, 200)
+    assert connect(d.ws).request(auth_message(KEY))["type"] == "auth_success"
+    shown = d.log() + scrape(d) + http("GET", d.admin + "/health")[2].decode()
+    assert "redis-secret-pw-4411" not in shown
