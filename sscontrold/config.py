@@ -200,6 +200,9 @@ FIELDS: tuple[Field, ...] = (
     Field("redis_prefix", "redis", _str, "sscontrol:", "Prefix of every Redis key and channel of this cluster."),
     Field("redis_timeout", "redis", _seconds(0.1), 2.0,
           "Seconds to wait for Redis before treating it as down (reads fail, /ready turns 503)."),
+    Field("cluster_lease", "redis", _seconds(1), 5.0,
+          "Seconds a node's membership outlives it without renewal: when a node dies, the others send "
+          "its members' peer_left within about this long plus a second."),
     # [log]
     Field("log_level", "log", _log_level, "info", "Lowest level logged: debug, info, warn, error, critical."),
     Field("log_format", "log", _log_format, "text", "text (one line per event) or json."),

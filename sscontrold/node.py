@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
 from .domain.client import Client, MessageLimits
 from .domain.limits import ConnectionCounter
+from .domain.cluster import ClusterHub
 from .domain.rooms import HoldLimits, Hub
 
 
@@ -51,11 +52,15 @@ def hold_limits(settings) -> HoldLimits:
 
 
 class SignalingNode:
-    def __init__(self, settings, clock, events, nonces=None):
+    def __init__(self, settings, clock, events, nonces=None, cluster=None):
         self.clock = clock
         self.events = events
         self.settings = settings
-        self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings))
+        if cluster is None:
+            self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings))
+        else:  # rooms shared with other nodes through the cluster store
+            self.hub = ClusterHub(settings.max_peers_per_room, clock, hold_limits(settings), cluster, spawn, events)
+            cluster.hub = self.hub
         self.nonces = nonces or MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
         self.connections = ConnectionCounter(settings.max_connections, settings.max_connections_per_ip)

@@ -8,21 +8,29 @@ is down.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import txredisapi
 from prometheus_client import Gauge
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from .domain.auth import AuthRefused
+from .domain.cluster import ClusterUnavailable
 from .logging import Events
 
 REDIS_UP = Gauge("sscontrol_redis_up", "1 while this node reaches Redis (only with redis_url set).")
 
 events = Events()
+log = Logger(namespace="sscontrold.redis")
 
 
 class RedisUnavailable(Exception):
@@ -113,3 +121,220 @@ class RedisNonceStore:
     def _refuse(failure):
         failure.trap(RedisUnavailable)
         raise AuthRefused("cluster_unavailable", "authentication is temporarily unavailable, retry shortly")
+
+
+# --- rooms shared by several nodes
+
+# Keys (after the prefix): room:<id> hash peer -> node; node:<id>:members set of
+# JSON [room, peer, token]; node:<id>:alive the node's lease; nodes set; token:<t>.
+# The scripts touch keys they compute: a single Redis (or a primary), not Redis Cluster.
+
+JOIN = """
+if ARGV[3] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+   and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return false
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[6]) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+LEAVE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('DEL', KEYS[3]) end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# Removes a dead node's members, once: only the caller that runs it while the node's
+# lease is gone gets the list back, so each peer_left is announced exactly once.
+SWEEP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local out = {}
+for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local e = cjson.decode(entry)
+  local rkey = ARGV[2] .. 'room:' .. e[1]
+  if redis.call('HGET', rkey, e[2]) == ARGV[1] then
+    redis.call('HDEL', rkey, e[2])
+    table.insert(out, cjson.encode({e[1], e[2], redis.call('HGETALL', rkey)}))
+  end
+  if e[3] ~= '' then redis.call('DEL', ARGV[2] .. 'token:' .. e[3]) end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return out
+"""
+
+
+def _pairs(flat) -> dict[str, str]:
+    flat = list(flat or ())
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def connectionMade(self):
+        txredisapi.SubscriberProtocol.connectionMade(self)
+        self.whenConnected().addCallback(lambda _: self.subscribe(self.factory.channel))
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.deliver(message)
+
+
+class _SubscriberFactory(txredisapi.RedisFactory):
+    protocol = _Subscriber
+
+    def __init__(self, channel: str, password, deliver):
+        txredisapi.RedisFactory.__init__(self, None, None, 1, isLazy=True, password=password)
+        self.channel = channel
+        self.deliver = deliver
+
+
+class RedisCluster(Service):
+    """The ClusterStore on Redis: membership scripts, per-node channels, the node's
+    lease, and the sweep that removes the members of nodes whose lease ran out."""
+
+    def __init__(self, link: RedisLink, url: str, password: str | None, lease: float, node_id: str | None = None):
+        self.link = link
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease = lease
+        self.hub = None  # set by the node once its ClusterHub exists
+        p = link.prefix
+        self._channel = f"{p}node:{self.node_id}"
+        self._members_key = f"{p}node:{self.node_id}:members"
+        parts = urlsplit(url)
+        factory = _SubscriberFactory(self._channel, password or (unquote(parts.password) if parts.password else None),
+                                     self._deliver)
+        self._subscriber = ClientService(
+            txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, link.timeout,
+                                     optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
+            factory, retryPolicy=lambda attempt: min(2.0, 0.2 * attempt), clock=link.clock)
+        self._loops = [LoopingCall(self._renew_lease), LoopingCall(self._sweep)]
+        for loop in self._loops:
+            loop.clock = link.clock
+        self._was_up = False
+
+    @property
+    def available(self) -> bool:
+        return self.link.up
+
+    # --- ClusterStore
+
+    def join(self, room_id: str, peer_id: str, token: str, max_peers: int | None):
+        p = self.link.prefix
+        entry = orjson.dumps([room_id, peer_id, token]).decode()
+        d = self.link.call("eval", JOIN, [f"{p}room:{room_id}", self._members_key, f"{p}token:{token}"],
+                           [peer_id, self.node_id, "" if max_peers is None else str(max_peers), entry, token,
+                            orjson.dumps({"peer": peer_id, "room": room_id, "node": self.node_id}).decode()])
+        return d.addCallback(lambda reply: None if reply is None else _pairs(reply))
+
+    def leave(self, room_id: str, peer_id: str, token: str):
+        p = self.link.prefix
+        entry = orjson.dumps([room_id, peer_id, token]).decode()
+        d = self.link.call("eval", LEAVE, [f"{p}room:{room_id}", self._members_key, f"{p}token:{token}"],
+                           [peer_id, self.node_id, entry, token])
+        return d.addCallback(_pairs)
+
+    def members(self, room_id: str):
+        return self.link.call("hgetall", f"{self.link.prefix}room:{room_id}")  # txredisapi: a dict
+
+    def publish(self, node_id: str, event: dict) -> None:
+        if not self.link.up:
+            raise ClusterUnavailable()
+        d = self.link.call("publish", f"{self.link.prefix}node:{node_id}", orjson.dumps(event).decode())
+        d.addErrback(lambda f: events.emit("warn", "cluster.publish_failed", op=event.get("op"),
+                                           error=f.getErrorMessage()[:200]))
+
+    # --- inbound
+
+    def _deliver(self, message) -> None:
+        try:
+            event = orjson.loads(message)
+            if self.hub is not None:
+                self.hub.on_event(event)
+        except Exception:
+            log.failure("internal error handling a cluster event")
+
+    # --- lease, sweep, recovery
+
+    @inlineCallbacks
+    def _renew_lease(self):
+        p = self.link.prefix
+        try:
+            yield self.link.call("set", f"{self._channel}:alive", "1", pexpire=int(self.lease * 1000))
+            yield self.link.call("sadd", f"{p}nodes", self.node_id)
+        except RedisUnavailable:
+            self._was_up = False
+            return
+        if not self._was_up:
+            self._was_up = True
+            yield self._reregister()
+
+    @inlineCallbacks
+    def _reregister(self):
+        """After (re)connecting: put this node's members back and, once the other
+        nodes have done the same, bring the mirrors in line."""
+        if self.hub is None or not self.hub.local_members():
+            return
+        for room_id, peer_id, token in self.hub.local_members():
+            try:
+                members = yield self.join(room_id, peer_id, token, None)
+            except RedisUnavailable:
+                return
+            for node in {n for n in members.values() if n != self.node_id}:
+                try:
+                    self.publish(node, {"op": "joined", "room": room_id, "peer": peer_id, "node": self.node_id})
+                except ClusterUnavailable:
+                    return
+        self.link.clock.callLater(self.lease * 1.5, self._reconcile)
+
+    @inlineCallbacks
+    def _reconcile(self):
+        for room_id in self.hub.local_rooms():
+            try:
+                members = yield self.members(room_id)
+            except RedisUnavailable:
+                return
+            self.hub.reconcile(room_id, members or {})
+
+    @inlineCallbacks
+    def _sweep(self):
+        p = self.link.prefix
+        try:
+            nodes = yield self.link.call("smembers", f"{p}nodes")
+            for node in nodes or ():
+                if node == self.node_id:
+                    continue
+                removed = yield self.link.call(
+                    "eval", SWEEP, [f"{p}node:{node}:alive", f"{p}node:{node}:members", f"{p}nodes"], [node, p])
+                for item in removed or ():
+                    room_id, peer_id, flat = orjson.loads(item)
+                    remaining = _pairs(flat) if isinstance(flat, list) else {}
+                    events.emit("warn", "cluster.node_lost", node=node, peer_id=peer_id)
+                    for target in set(remaining.values()):
+                        if target == self.node_id:
+                            self.hub.on_event({"op": "left", "room": room_id, "peer": peer_id})
+                        else:
+                            self.publish(target, {"op": "left", "room": room_id, "peer": peer_id})
+        except (RedisUnavailable, ClusterUnavailable):
+            return
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._subscriber.startService()
+        self._loops[0].start(max(0.2, self.lease / 5), now=True)
+        self._loops[1].start(1.0, now=False)
+
+    @inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        yield self._subscriber.stopService()
+        try:  # a clean goodbye: the others need not wait for the lease to run out
+            yield self.link.call("del", f"{self._channel}:alive")
+        except RedisUnavailable:
+            pass

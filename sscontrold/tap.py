@@ -15,7 +15,7 @@ from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
 from .protocol import SignalingFactory
-from .redis import RedisLink, RedisNonceStore
+from .redis import RedisCluster, RedisLink, RedisNonceStore
 from .rest import SessionAPI
 from .services import FactoryLifetime, Listener, server_endpoint, with_tls
 from .systemd import Notifier, SystemdService
@@ -82,7 +82,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     redis = (RedisLink(settings.redis_url, settings.redis_password, settings.redis_prefix,
                        settings.redis_timeout, reactor) if settings.redis_url else None)
-    node = SignalingNode(settings, reactor, Events(), nonces=RedisNonceStore(redis) if redis else None)
+    cluster = (RedisCluster(redis, settings.redis_url, settings.redis_password, settings.cluster_lease)
+               if redis else None)
+    node = SignalingNode(settings, reactor, Events(), nonces=RedisNonceStore(redis) if redis else None,
+                         cluster=cluster)
     factory = SignalingFactory(node, settings)
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
     notifier = Notifier()
@@ -96,6 +99,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     top = DrainingService(reactor)
     if redis is not None:
         redis.setServiceParent(top)
+        cluster.setServiceParent(top)
         readiness.add("redis", redis.check)
     FactoryLifetime(factory).setServiceParent(top)
     sessions.service.setServiceParent(top)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -17,6 +18,7 @@ import orjson
 from prometheus_client import Counter
 
 from .auth import Authenticator, AuthRefused
+from .cluster import ClusterUnavailable
 from .limits import TokenBucket
 from .rooms import Hub, NotInRoom, RoomFull, UnknownPeer, UnknownToken
 
@@ -303,15 +305,35 @@ class Client:
                          peer_id=self.peer_id)
         self.send({"type": "auth_success", "message": "authenticated"})
 
-    def handle_join(self, message: dict) -> None:
+    def handle_join(self, message: dict):
         room_id = self._str(message, "room_id", self.limits.max_id_length)
         previous = self.hub.room_of(self)
-        try:
+        with self._room_errors():
             others = self.hub.join(self, room_id)
+        if isinstance(others, list):
+            self._joined(room_id, previous, others)
+            return None
+        return self._join_after(others, room_id, previous)  # the cluster store answers later
+
+    async def _join_after(self, pending, room_id: str, previous: str | None) -> None:
+        with self._room_errors():
+            others = await pending
+        self._joined(room_id, previous, others)
+
+    @contextmanager
+    def _room_errors(self):
+        try:
+            yield
         except RoomFull:
             self.events.emit("warn", "limit.room_full", address=self.address, device_id=self.device_id,
                              peer_id=self.peer_id)
             raise BadMessage("room full", "room_full") from None
+        except ClusterUnavailable:
+            raise BadMessage("the cluster is unavailable: try again shortly", "cluster_unavailable") from None
+
+    def _joined(self, room_id: str, previous: str | None, others: list[str]) -> None:
+        if self.closed:
+            return
         if previous is not None and previous != room_id:
             self.events.emit("info", "room.leave", address=self.address, device_id=self.device_id,
                              peer_id=self.peer_id, reason="moved")
@@ -366,6 +388,8 @@ class Client:
             raise BadMessage("join a room first", "not_in_room") from None
         except UnknownPeer:
             raise BadMessage("unknown peer: no such peer in your room", "unknown_peer") from None
+        except ClusterUnavailable:
+            raise BadMessage("peer unreachable: the cluster is unavailable", "cluster_unavailable") from None
 
     def _auth_timed_out(self) -> None:
         self._auth_deadline = None

@@ -132,17 +132,21 @@ class Hub:
             raise RoomFull(room_id)
         if current is not None:
             self.leave(member)
+        others = list(self._rooms.get(room_id, ()))
+        self._place(member, room_id)
+        return others
+
+    def _place(self, member: Member, room_id: str) -> None:
+        """Put ``member`` in the room, announcing it to the room's (local) members."""
         room = self._rooms.get(room_id)
         if room is None:
             room = self._rooms[room_id] = {}
             ROOMS.inc()
-        others = list(room)
         announcement = {"type": "new_peer", "peer_id": member.peer_id}
         for other in room.values():
             other.send(announcement)
         room[member.peer_id] = member
         self._room_of[member.peer_id] = room_id
-        return others
 
     def leave(self, member: Member) -> str | None:
         """Take ``member`` out of its room, telling the others; return the room it left."""
@@ -153,6 +157,7 @@ class Hub:
         token = self._token_of.pop(member.peer_id, None)
         if token is not None:
             del self._peer_of[token]
+        self._left(room_id, member.peer_id, token)
         room = self._rooms[room_id]
         del room[member.peer_id]
         if isinstance(member, Held) and member.expiry is not None and member.expiry.active():
@@ -165,6 +170,9 @@ class Hub:
             for other in list(room.values()):
                 other.send(notice)
         return room_id
+
+    def _left(self, room_id: str, peer_id: str, token: str | None) -> None:
+        """A member left (after its room was told): a hook for shared state."""
 
     def detach(self, member: Member) -> bool:
         """The connection of ``member`` dropped: hold its place for the grace period.
@@ -207,18 +215,21 @@ class Hub:
         RESUMES.labels("resumed").inc()
         return Resumed(room_id, [pid for pid in room if pid != peer_id], held)
 
-    def relay(self, sender: Member, to: str, message: dict) -> None:
-        """Deliver ``message`` to member ``to`` of the sender's room."""
+    def sender_room(self, sender: Member) -> str:
+        """The room ``sender`` may relay in; raises NotInRoom."""
         room_id = self._room_of.get(sender.peer_id)
         if room_id is None:
             raise NotInRoom()
-        room = self._rooms[room_id]
-        place = room.get(sender.peer_id)
+        place = self._rooms[room_id].get(sender.peer_id)
         # A connection the server asked to reconnect may still send during the close
         # handshake: its place is held, and what it sends still counts.
         if place is not sender and not isinstance(place, Held):
             raise NotInRoom()
-        target = room.get(to)
+        return room_id
+
+    def relay(self, sender: Member, to: str, message: dict) -> None:
+        """Deliver ``message`` to member ``to`` of the sender's room."""
+        target = self._rooms[self.sender_room(sender)].get(to)
         if target is None:
             raise UnknownPeer(to)
         target.send(message)

@@ -1,0 +1,128 @@
+"""Three nodes on one real redis-server behave as one: rooms, relay and peer_left
+across nodes, the room limit across nodes, a node killed without a goodbye, and
+Redis going away and coming back."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from redisserver import redis_server  # noqa: F401  (fixture)
+from test_redis import wait_ready
+from wsclient import connect
+
+
+@pytest.fixture
+def cluster(daemon_factory, redis_server):
+    redis = redis_server()
+    nodes = [daemon_factory("--redis-timeout", "0.5", "--cluster-lease", "2", "--resume-grace", "0",
+                            env={"SSCONTROL_REDIS_URL": redis.url}) for _ in range(3)]
+    for d in nodes:
+        wait_ready(d, 200)
+    return redis, nodes
+
+
+def test_join_relay_and_leave_across_nodes(cluster):
+    _, (n1, n2, n3) = cluster
+    a = connect(n1.ws)
+    a_id = a.join("shared")["peer_id"]
+    b = connect(n2.ws)
+    joined = b.join("shared")
+    b_id = joined["peer_id"]
+    assert joined["peers"] == [{"id": a_id}]
+    assert a.recv() == {"type": "new_peer", "peer_id": b_id}
+    c = connect(n3.ws)
+    joined = c.join("shared")
+    c_id = joined["peer_id"]
+    assert sorted(p["id"] for p in joined["peers"]) == sorted([a_id, b_id])
+    assert a.recv() == b.recv() == {"type": "new_peer", "peer_id": c_id}
+    for i in range(20):  # order kept across nodes
+        a.send({"type": "ice", "to": c_id, "candidate": f"c{i}", "sdp_mid": "0", "sdp_mline_index": 0})
+    assert [c.recv()["candidate"] for _ in range(20)] == [f"c{i}" for i in range(20)]
+    c.send({"type": "answer", "from": "forged", "to": b_id, "sdp": "from n3"})
+    assert b.recv() == {"type": "answer", "from": c_id, "to": b_id, "sdp": "from n3"}
+    # another room on another node is out of reach, as on one node
+    d = connect(n2.ws)
+    d_id = d.join("elsewhere")["peer_id"]
+    assert a.request({"type": "offer", "to": d_id, "sdp": "x"})["code"] == "unknown_peer"
+    b.close()
+    assert a.recv() == {"type": "peer_left", "peer_id": b_id}
+    assert c.recv() == {"type": "peer_left", "peer_id": b_id}
+    assert a.nothing(0.5) and c.nothing(0.1) and d.nothing(0.1)
+
+
+def test_room_limit_holds_across_nodes(daemon_factory, redis_server):
+    redis = redis_server()
+    nodes = [daemon_factory("--max-peers-per-room", "2", env={"SSCONTROL_REDIS_URL": redis.url})
+             for _ in range(3)]
+    for d in nodes:
+        wait_ready(d, 200)
+    a, b, c = (connect(d.ws) for d in nodes)
+    a.join("small")
+    b.join("small")
+    a.recv()
+    assert c.request({"type": "join", "room_id": "small"}) == {
+        "type": "error", "message": "room full", "code": "room_full"}
+    assert a.nothing(0.3) and b.nothing(0.1)
+
+
+def test_killed_node_peers_leave_once_within_the_bound(cluster):
+    _, (n1, n2, n3) = cluster
+    a, b = connect(n1.ws), connect(n3.ws)
+    a.join("r")
+    b.join("r")
+    a.recv()
+    doomed = [connect(n2.ws) for _ in range(2)]
+    doomed_ids = {p.join("r")["peer_id"] for p in doomed}
+    for observer in (a, b):
+        assert {observer.recv()["peer_id"] for _ in range(2)} == doomed_ids
+    killed = time.monotonic()
+    n2.signal(signal.SIGKILL)
+    for observer in (a, b):
+        got = [observer.recv(timeout=15) for _ in range(2)]
+        assert got == [{"type": "peer_left", "peer_id": pid} for pid in doomed_ids] or \
+            got == [{"type": "peer_left", "peer_id": pid} for pid in reversed(list(doomed_ids))], (got, doomed_ids)
+    assert time.monotonic() - killed < 15
+    extra = []
+    for observer in (a, b):
+        try:
+            extra.append(observer.recv(timeout=3))
+        except TimeoutError:
+            pass
+    assert extra == [], (extra, doomed_ids)  # exactly once
+    n2.proc.wait()
+
+
+def test_redis_restart_local_service_continues_and_cluster_recovers(cluster):
+    redis, (n1, n2, n3) = cluster
+    a, b = connect(n1.ws), connect(n2.ws)
+    a_id = a.join("r")["peer_id"]
+    b_id = b.join("r")["peer_id"]
+    a.recv()
+    local = connect(n1.ws)
+    local_id = local.join("r")["peer_id"]
+    assert {a.recv()["peer_id"], b.recv()["peer_id"]} == {local_id}
+    redis.kill()
+    for d in (n1, n2):
+        assert wait_ready(d, 503)["failing"] == ["redis"]
+    local.send({"type": "offer", "to": a_id, "sdp": "local during the outage"})
+    assert a.recv()["sdp"] == "local during the outage"
+    reply = a.request({"type": "offer", "to": b_id, "sdp": "remote during the outage"})
+    assert reply["code"] == "cluster_unavailable"
+    redis.proc = None
+    redis.start()  # empty: every node puts its members back
+    for d in (n1, n2):
+        wait_ready(d, 200, timeout=15)
+    deadline = time.monotonic() + 15
+    while True:  # cross-node relay works again once the nodes are back in Redis
+        a.send({"type": "offer", "to": b_id, "sdp": "after"})
+        try:
+            assert b.recv(timeout=0.5)["sdp"] == "after"
+            break
+        except TimeoutError:
+            a.nothing(0.1)  # the refusal, if that is what it got
+            assert time.monotonic() < deadline, "the cluster did not recover"
+    a.send({"type": "offer", "to": local_id, "sdp": "still local"})
+    assert local.recv()["sdp"] == "still local"

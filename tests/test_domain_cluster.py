@@ -1,0 +1,162 @@
+"""ClusterHub against an in-process shared store: several hubs (nodes) that share
+rooms, with the store's answers and the nodes' events delivered when the test says."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from sscontrold.domain.cluster import ClusterHub, ClusterUnavailable
+from sscontrold.domain.rooms import HoldLimits
+
+
+class Store:
+    """One shared membership table; per-node stores publish into a common queue."""
+
+    def __init__(self):
+        self.rooms: dict[str, dict[str, str]] = {}
+        self.queue: list[tuple[str, dict]] = []
+        self.hubs: dict[str, ClusterHub] = {}
+        self.up = True
+
+    def node(self, node_id):
+        return NodeStore(self, node_id)
+
+    def flush(self):
+        while self.queue:
+            node, event = self.queue.pop(0)
+            self.hubs[node].on_event(event)
+
+
+class NodeStore:
+    def __init__(self, shared: Store, node_id: str):
+        self.shared, self.node_id = shared, node_id
+
+    @property
+    def available(self):
+        return self.shared.up
+
+    async def join(self, room_id, peer_id, token, max_peers):
+        room = self.shared.rooms.setdefault(room_id, {})
+        if peer_id not in room and max_peers is not None and len(room) >= max_peers:
+            return None
+        room[peer_id] = self.node_id
+        return dict(room)
+
+    async def leave(self, room_id, peer_id, token):
+        room = self.shared.rooms.get(room_id, {})
+        if room.get(peer_id) == self.node_id:
+            del room[peer_id]
+        return dict(room)
+
+    async def members(self, room_id):
+        return dict(self.shared.rooms.get(room_id, {}))
+
+    def publish(self, node_id, event):
+        if not self.shared.up:
+            raise ClusterUnavailable()
+        self.shared.queue.append((node_id, event))
+
+
+class M:
+    def __init__(self, pid):
+        self.peer_id, self.got = pid, []
+
+    def send(self, message):
+        self.got.append(message)
+
+    def close(self, code, reason):
+        pass
+
+
+def run(coroutine_or_value):
+    """Drive a coroutine whose awaits are already answered."""
+    if not hasattr(coroutine_or_value, "send"):
+        return coroutine_or_value
+    result = []
+    Deferred.fromCoroutine(coroutine_or_value).addBoth(result.append)
+    value = result[0]
+    if hasattr(value, "raiseException"):
+        value.raiseException()
+    return value
+
+
+class Events:
+    def emit(self, *a, **k):
+        pass
+
+
+@pytest.fixture
+def nodes():
+    shared = Store()
+    clock = Clock()
+    for name in ("n1", "n2"):
+        shared.hubs[name] = ClusterHub(2, clock, HoldLimits(grace=0), shared.node(name), run, Events())
+    return shared, shared.hubs["n1"], shared.hubs["n2"]
+
+
+def test_join_relay_leave_across_hubs(nodes):
+    shared, h1, h2 = nodes
+    a, b = M("a"), M("b")
+    assert run(h1.join(a, "r")) == []
+    assert run(h2.join(b, "r")) == ["a"]
+    shared.flush()
+    assert a.got == [{"type": "new_peer", "peer_id": "b"}]
+    h1.relay(a, "b", {"x": 1})
+    shared.flush()
+    assert b.got == [{"x": 1}]
+    h2.leave(b)
+    shared.flush()
+    assert a.got[-1] == {"type": "peer_left", "peer_id": "b"}
+    assert shared.rooms["r"] == {"a": "n1"}
+
+
+def test_room_limit_across_hubs(nodes):
+    shared, h1, h2 = nodes
+    run(h1.join(M("a"), "r"))
+    run(h1.join(M("b"), "r"))
+    with pytest.raises(Exception) as e:
+        run(h2.join(M("c"), "r"))
+    assert type(e.value).__name__ == "RoomFull"
+
+
+def test_events_during_a_join_are_applied_after_it(nodes):
+    shared, h1, h2 = nodes
+    a, b = M("a"), M("b")
+    run(h2.join(b, "r"))
+    # a "left" for b arrives at n1 while n1's join of a is under way: it must not be lost
+    h1._joining["r"] = []
+    h1.on_event({"op": "left", "room": "r", "peer": "b"})
+    assert h1._joining["r"] == [{"op": "left", "room": "r", "peer": "b"}]
+    del h1._joining["r"]
+    run(h1.join(a, "r"))  # the store still lists b (its leave script ran after)
+    h1.on_event({"op": "left", "room": "r", "peer": "b"})
+    assert a.got == [{"type": "peer_left", "peer_id": "b"}]
+
+
+def test_reconcile_after_an_outage(nodes):
+    shared, h1, h2 = nodes
+    a = M("a")
+    run(h1.join(a, "r"))
+    run(h2.join(M("b"), "r"))
+    shared.flush()
+    h1.reconcile("r", {"a": "n1", "c": "n2"})  # b went away and c came while events were lost
+    assert a.got[-2:] == [{"type": "peer_left", "peer_id": "b"}, {"type": "new_peer", "peer_id": "c"}]
+
+
+def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
+    shared, h1, h2 = nodes
+    a, b, c, c2 = M("a"), M("b"), M("c"), M("c2")
+    run(h1.join(a, "r"))
+    run(h1.join(c, "local"))
+    run(h1.join(c2, "local"))
+    run(h2.join(b, "r"))
+    shared.flush()
+    shared.up = False
+    with pytest.raises(ClusterUnavailable):
+        h1.join(M("d"), "x")
+    with pytest.raises(ClusterUnavailable):
+        h1.relay(a, "b", {"x": 1})
+    h1.relay(c, "c2", {"x": 2})  # both local: served without the store
+    assert c2.got[-1] == {"x": 2}
