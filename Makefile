@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8443
 
-.PHONY: run test unit-test system-deps deb system-test bench clean
+.PHONY: run test unit-test system-deps deb system-test bench soak clean
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ unit-test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test: unit-test
+
+# Scenarios kept out of make test (see the soak marker in setup.cfg).
+soak: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
@@ -103,3 +107,35 @@ system-test: $(STAMP) packaging-deps
 # `make test` runs the system tests too (they are under tests/): give it their tools.
 unit-test: packaging-deps
 # --- packaging and system test (end)
+
+# --- bench (begin)
+# make bench        -> bench/run.py: sscontrold and the reference Node.js `ws` relay side by
+#                      side (relay, churn plain/TLS, idle), alternating rounds, server pinned to
+#                      core 0 and the generator to core 1; prints the figures and the ratios,
+#                      keeps the JSON lines in build/bench/. ~7 minutes.
+#                      Quick look: make bench BENCH_SECONDS=2 BENCH_SHORT=1 BENCH_ROUNDS=1
+# make bench-smoke  -> seconds: the generator against sscontrold, figures sanity-checked
+#                      (bench/smoke.sh; needs node, no npm install). Not part of `make test`.
+BENCH_NPM := bench/reference/node_modules/.package-lock.json bench/loadgen/node_modules/.package-lock.json
+BENCH_ARGS ?=
+
+.PHONY: bench-smoke bench-deps
+
+bench-deps:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing: nodejs npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@command -v taskset >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
+	  echo "installing: util-linux openssl"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends util-linux openssl; }
+
+bench/%/node_modules/.package-lock.json: bench/%/package.json bench/%/package-lock.json | bench-deps
+	cd bench/$* && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench: $(STAMP) bench-deps $(BENCH_NPM)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-smoke: $(STAMP) bench-deps
+	bench/smoke.sh
+# --- bench (end)

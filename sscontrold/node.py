@@ -25,6 +25,29 @@ def spawn(coroutine) -> None:
         lambda failure: log.failure("internal error in an asynchronous step", failure))
 
 
+class Waiter:
+    """Something a domain coroutine awaits until another event says how it went."""
+
+    def __init__(self, clock, timeout: float):
+        self._d = Deferred()
+        self._d.addTimeout(timeout, clock, onTimeoutCancel=lambda *_: _raise(TimeoutError()))
+
+    def wait(self) -> Deferred:
+        return self._d
+
+    def succeed(self, value) -> None:
+        if not self._d.called:
+            self._d.callback(value)
+
+    def fail(self, exception: Exception) -> None:
+        if not self._d.called:
+            self._d.errback(exception)
+
+
+def _raise(exception: Exception):
+    raise exception
+
+
 def auth_policy(settings) -> AuthPolicy:
     return AuthPolicy(
         api_keys=tuple(settings.api_keys),
@@ -59,7 +82,8 @@ class SignalingNode:
         if cluster is None:
             self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings))
         else:  # rooms shared with other nodes through the cluster store
-            self.hub = ClusterHub(settings.max_peers_per_room, clock, hold_limits(settings), cluster, spawn, events)
+            self.hub = ClusterHub(settings.max_peers_per_room, clock, hold_limits(settings), cluster, spawn, events,
+                                  lambda timeout: Waiter(clock, timeout))
             cluster.hub = self.hub
         self.nonces = nonces or MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
@@ -83,6 +107,10 @@ class SignalingNode:
         self.connections.max_per_address = settings.max_connections_per_ip
         self.limits = message_limits(settings)
         self.trusted_proxies = frozenset(settings.trusted_proxies)
+
+    @property
+    def clustered(self) -> bool:
+        return isinstance(self.hub, ClusterHub)
 
     def status_line(self) -> str:
         """For systemd's STATUS=."""

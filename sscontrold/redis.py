@@ -169,6 +169,17 @@ return out
 """
 
 
+MOVE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+redis.call('SREM', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[6]) end
+return 1
+"""
+
+
 def _pairs(flat) -> dict[str, str]:
     flat = list(flat or ())
     return dict(zip(flat[::2], flat[1::2]))
@@ -236,6 +247,18 @@ class RedisCluster(Service):
         d = self.link.call("eval", LEAVE, [f"{p}room:{room_id}", self._members_key, f"{p}token:{token}"],
                            [peer_id, self.node_id, entry, token])
         return d.addCallback(_pairs)
+
+    def token(self, token: str):
+        d = self.link.call("get", f"{self.link.prefix}token:{token}")
+        return d.addCallback(lambda raw: orjson.loads(raw) if raw else None)
+
+    def move(self, room_id: str, peer_id: str, token: str, new_node: str):
+        p = self.link.prefix
+        entry = orjson.dumps([room_id, peer_id, token]).decode()
+        return self.link.call("eval", MOVE, [f"{p}room:{room_id}", self._members_key,
+                                             f"{p}node:{new_node}:members", f"{p}token:{token}"],
+                              [peer_id, self.node_id, new_node, entry, token,
+                               orjson.dumps({"peer": peer_id, "room": room_id, "node": new_node}).decode()])
 
     def members(self, room_id: str):
         return self.link.call("hgetall", f"{self.link.prefix}room:{room_id}")  # txredisapi: a dict

@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 
 from sscontrold.domain.cluster import ClusterHub, ClusterUnavailable
 from sscontrold.domain.rooms import HoldLimits
+from sscontrold.node import Waiter
 
 
 class Store:
@@ -16,6 +17,7 @@ class Store:
 
     def __init__(self):
         self.rooms: dict[str, dict[str, str]] = {}
+        self.tokens: dict[str, dict] = {}
         self.queue: list[tuple[str, dict]] = []
         self.hubs: dict[str, ClusterHub] = {}
         self.up = True
@@ -42,7 +44,15 @@ class NodeStore:
         if peer_id not in room and max_peers is not None and len(room) >= max_peers:
             return None
         room[peer_id] = self.node_id
+        self.shared.tokens[token] = {"peer": peer_id, "room": room_id, "node": self.node_id}
         return dict(room)
+
+    async def token(self, token):
+        return self.shared.tokens.get(token)
+
+    async def move(self, room_id, peer_id, token, new_node):
+        self.shared.rooms[room_id][peer_id] = new_node
+        self.shared.tokens[token]["node"] = new_node
 
     async def leave(self, room_id, peer_id, token):
         room = self.shared.rooms.get(room_id, {})
@@ -91,9 +101,15 @@ class Events:
 def nodes():
     shared = Store()
     clock = Clock()
-    for name in ("n1", "n2"):
-        shared.hubs[name] = ClusterHub(2, clock, HoldLimits(grace=0), shared.node(name), run, Events())
+    for name in ("n1", "n2", "n3"):
+        shared.hubs[name] = ClusterHub(3, clock, HoldLimits(grace=10), shared.node(name), spawn, Events(),
+                                       lambda timeout: Waiter(clock, timeout))
+    shared.clock = clock
     return shared, shared.hubs["n1"], shared.hubs["n2"]
+
+
+def spawn(coroutine):
+    Deferred.fromCoroutine(coroutine)
 
 
 def test_join_relay_leave_across_hubs(nodes):
@@ -116,6 +132,7 @@ def test_room_limit_across_hubs(nodes):
     shared, h1, h2 = nodes
     run(h1.join(M("a"), "r"))
     run(h1.join(M("b"), "r"))
+    run(h1.join(M("b2"), "r"))
     with pytest.raises(Exception) as e:
         run(h2.join(M("c"), "r"))
     assert type(e.value).__name__ == "RoomFull"
@@ -147,7 +164,7 @@ def test_reconcile_after_an_outage(nodes):
 
 def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
     shared, h1, h2 = nodes
-    a, b, c, c2 = M("a"), M("b"), M("c"), M("c2")
+    a, b, c, c2 = M("a"), M("b"), M("c"), M("c2")  # rooms of up to 3
     run(h1.join(a, "r"))
     run(h1.join(c, "local"))
     run(h1.join(c2, "local"))
@@ -160,3 +177,38 @@ def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
         h1.relay(a, "b", {"x": 1})
     h1.relay(c, "c2", {"x": 2})  # both local: served without the store
     assert c2.got[-1] == {"x": 2}
+
+
+def test_resume_on_another_node_keeps_order_and_causes_no_churn(nodes):
+    shared, h1, h2 = nodes
+    h3 = shared.hubs["n3"]
+    host, viewer, third = M("host"), M("viewer"), M("third")
+    run(h1.join(viewer, "r"))
+    run(h2.join(host, "r"))
+    run(h3.join(third, "r"))
+    shared.flush()
+    token = h1.resume_token(viewer)
+    assert h1.detach(viewer)  # the viewer's connection to n1 dropped
+    h2.relay(host, "viewer", {"n": 1})
+    h3.relay(third, "viewer", {"t": 1})
+    shared.flush()  # both reach n1 and are held there
+    newer = M("fresh")
+    pending = h2.resume(token, newer)  # the viewer comes back on n2
+    d = Deferred.fromCoroutine(pending)
+    h2.relay(host, "viewer", {"n": 2})  # n2 still routes it through n1: in flight
+    shared.flush()  # takeover -> handover (+ forwards, markers)
+    result = []
+    d.addBoth(result.append)
+    resumed = result[0]
+    assert resumed.held == [{"n": 1}, {"t": 1}] and sorted(resumed.others) == ["host", "third"]
+    h2.relay(host, "viewer", {"n": 3})  # local now, but must wait for n2's marker via n1
+    h3.relay(third, "viewer", {"t": 2})
+    shared.flush()
+    assert newer.peer_id == "viewer"
+    assert [m for m in newer.got if "n" in m] == [{"n": 2}, {"n": 3}]
+    assert [m for m in newer.got if "t" in m] == [{"t": 2}]
+    for member in (host, third):
+        assert not [m for m in member.got if m.get("type") in ("peer_left", "new_peer")
+                    and m.get("peer_id") == "viewer"]
+    assert shared.rooms["r"]["viewer"] == "n2" and shared.tokens[token]["node"] == "n2"
+    assert h1.room_of(viewer) is None and h1.held_count == 0

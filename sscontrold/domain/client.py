@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from .auth import Authenticator, AuthRefused
 from .cluster import ClusterUnavailable
 from .limits import TokenBucket
-from .rooms import Hub, NotInRoom, RoomFull, UnknownPeer, UnknownToken
+from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
 CLOSE_POLICY_VIOLATION = 1008
@@ -104,6 +104,7 @@ class Client:
         self.authenticated = not authenticator.enabled
         self.closed = False
         self.relayed = False  # whether the last message received was delivered to a peer
+        self._released = False  # asked to reconnect; its connection is still closing
         self._auth_failures = 0
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
         self._extensions = extensions or {}
@@ -208,7 +209,8 @@ class Client:
         self.closed = True
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
-        if self.hub.detach(self):
+        self._released = True
+        if self.hub.detach(self, still_open=True):
             self.events.emit("info", "room.detach", address=self.address, device_id=self.device_id,
                              peer_id=self.peer_id)
         self.connection.close(code, reason)
@@ -218,6 +220,9 @@ class Client:
         client to reconnect), so the peer's place is held for the resume grace;
         otherwise (a deliberate close) the peer leaves at once."""
         if self.closed:
+            if self._released:
+                self._released = False
+                self.hub.connection_closed(self.peer_id)
             return
         self.closed = True
         if self._auth_deadline is not None and self._auth_deadline.active():
@@ -353,6 +358,21 @@ class Client:
             resumed = self.hub.resume(token, self)
         except UnknownToken:
             raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
+        if isinstance(resumed, Resumed):
+            self._resumed(resumed, token, fresh_id)
+            return None
+        return self._resume_after(resumed, token, fresh_id)  # the peer is on another node
+
+    async def _resume_after(self, pending, token: str, fresh_id: str) -> None:
+        try:
+            resumed = await pending
+        except UnknownToken:
+            raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
+        except ClusterUnavailable:
+            raise BadMessage("the cluster is unavailable: try again shortly", "cluster_unavailable") from None
+        self._resumed(resumed, token, fresh_id)
+
+    def _resumed(self, resumed: Resumed, token: str, fresh_id: str) -> None:
         self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
         self.send({"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .rooms import Hub, Member, NotInRoom, RoomFull, UnknownPeer
+from .rooms import RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken
+
+HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
+MARKER_TIMEOUT = 2.0  # seconds a moved peer's direct messages wait for the old route to drain
+FORWARD_SECONDS = 30.0  # how long the old node forwards what still reaches it for a moved peer
 
 
 class ClusterUnavailable(Exception):
@@ -34,16 +38,45 @@ class ClusterStore(Protocol):
     def publish(self, node_id: str, event: dict) -> None:
         """Send ``event`` to a node; raises ClusterUnavailable when the store is down."""
 
+    def token(self, token: str):
+        """Awaitable of the resume token's record ``{"peer", "room", "node"}`` or None."""
+
+    def move(self, room_id: str, peer_id: str, token: str, new_node: str):
+        """Awaitable: the peer is now served by ``new_node``."""
+
     @property
     def available(self) -> bool: ...
 
 
+class Moving:
+    """A peer just handed over to this node: messages that took the new, direct
+    route wait until every node that may still have some on the old route says it
+    has no more (its marker, forwarded by the old node), so the order holds."""
+
+    def __init__(self, waiting: set[str], timer):
+        self.waiting = waiting
+        self.buffer: list[dict] = []
+        self.timer = timer
+
+
+class Forward:
+    def __init__(self, node: str, until: float, awaiting: set[str]):
+        self.node = node
+        self.until = until
+        self.awaiting = awaiting
+
+
 class ClusterHub(Hub):
-    def __init__(self, max_peers_per_room: int, clock, hold, store: ClusterStore, spawn, events):
+    def __init__(self, max_peers_per_room: int, clock, hold, store: ClusterStore, spawn, events, waiter):
         super().__init__(max_peers_per_room, clock, hold)
         self.store = store
         self._spawn = spawn
         self._events = events
+        self._waiter = waiter  # waiter(timeout): .wait() awaitable, .succeed(v), .fail(exc)
+        self._handovers: dict[str, tuple] = {}  # peer -> (waiter, member): resumes waiting here
+        self._moving: dict[str, Moving] = {}  # peers handed over to this node, old route draining
+        self._forward: dict[str, Forward] = {}  # peers handed to another node
+        self._takeovers: dict[str, dict] = {}  # takeovers waiting for the old connection to close
         self._remote: dict[str, dict[str, str]] = {}  # room -> {peer: node} of other nodes
         self._joining: dict[str, list[dict]] = {}  # room -> events that came during a join
 
@@ -106,27 +139,214 @@ class ClusterHub(Hub):
         room_id = self.sender_room(sender)
         target = self._rooms[room_id].get(to)
         if target is not None:
-            target.send(message)
+            self._deliver(target, message, self.store.node_id)
             return
         node = self._remote.get(room_id, {}).get(to)
         if node is None:
             raise UnknownPeer(to)
-        self.store.publish(node, {"op": "relay", "room": room_id, "to": to, "msg": message})
+        self.store.publish(node, {"op": "relay", "room": room_id, "to": to, "msg": message,
+                                  "node": self.store.node_id})
+
+    def _deliver(self, target: Member, message: dict, from_node: str) -> None:
+        moving = self._moving.get(target.peer_id)
+        if moving is not None and from_node in moving.waiting:
+            moving.buffer.append(message)
+        else:
+            target.send(message)
+
+    # --- resume on another node than the one that held the peer
+
+    def resume(self, token: str, member: Member):
+        if token in self._peer_of:
+            return super().resume(token, member)
+        if not self.store.available:
+            raise ClusterUnavailable()
+        return self._resume_remote(token, member)
+
+    async def _resume_remote(self, token: str, member: Member) -> Resumed:
+        record = await self.store.token(token)
+        if not record or record.get("node") == self.store.node_id:
+            RESUMES.labels("unknown_token").inc()
+            raise UnknownToken()
+        peer_id = record["peer"]
+        waiter = self._waiter(HANDOVER_TIMEOUT)
+        self._handovers[peer_id] = (waiter, member, token)
+        try:
+            self.store.publish(record["node"], {"op": "takeover", "peer": peer_id, "room": record["room"],
+                                                "node": self.store.node_id})
+            resumed = await waiter.wait()
+        except TimeoutError:
+            RESUMES.labels("handover_timeout").inc()
+            raise UnknownToken() from None
+        finally:
+            self._handovers.pop(peer_id, None)
+        RESUMES.labels("resumed_elsewhere").inc()
+        return resumed
+
+    def _on_takeover(self, event: dict) -> None:
+        """Another node resumes one of ours: hand the peer over, quietly."""
+        peer_id, room_id, new_node = event["peer"], event["room"], event["node"]
+        room = self._rooms.get(room_id)
+        if room is None or peer_id not in room:
+            self._tell(new_node, {"op": "takeover_failed", "peer": peer_id})
+            return
+        place = room[peer_id]
+        if isinstance(place, Held) and place.connection_open and peer_id not in self._takeovers:
+            # The old connection may still hold frames this node has not read: hand
+            # over once it is closed (all read), or after a short wait.
+            self._takeovers[peer_id] = event
+            self.clock.callLater(MARKER_TIMEOUT, self._connection_closed, peer_id)
+            return
+        self._takeovers.pop(peer_id, None)
+        _, held = self._vacate(peer_id)
+        token = self._token_of.pop(peer_id, "")
+        self._peer_of.pop(token, None)
+        del room[peer_id]
+        del self._room_of[peer_id]
+        members = {pid: self.store.node_id for pid in room}
+        members.update({pid: node for pid, node in self._remote.get(room_id, {}).items() if pid != peer_id})
+        if room:
+            self._remote.setdefault(room_id, {})[peer_id] = new_node
+        else:
+            del self._rooms[room_id]
+            self._remote.pop(room_id, None)
+            self._room_gone()
+        # Forward what still comes this way until every node that may send some has
+        # said (its marker) that nothing more will: only then may this node go.
+        told = {n for n in members.values() if n not in (self.store.node_id, new_node)}
+        self._forward[peer_id] = Forward(new_node, self.clock.seconds() + FORWARD_SECONDS, told | {new_node})
+        self._spawn(self._move(room_id, peer_id, token, new_node))
+        self._events.emit("info", "cluster.handed_over", peer_id=peer_id, to=new_node, held=len(held))
+        self._tell(new_node, {"op": "handover", "peer": peer_id, "room": room_id, "held": held,
+                              "members": members, "node": self.store.node_id})
+        for node in {n for n in members.values() if n not in (self.store.node_id, new_node)}:
+            self._tell(node, {"op": "moved", "room": room_id, "peer": peer_id, "node": new_node,
+                              "via": self.store.node_id})
+
+    def _connection_closed(self, peer_id: str) -> None:
+        event = self._takeovers.get(peer_id)
+        if event is not None:
+            place = self._rooms.get(event["room"], {}).get(peer_id)
+            if isinstance(place, Held):
+                place.connection_open = False
+            self._on_takeover(event)
+
+    async def _move(self, room_id: str, peer_id: str, token: str, new_node: str) -> None:
+        try:
+            await self.store.move(room_id, peer_id, token, new_node)
+        except Exception as e:  # the old node's lease sweep will settle it
+            self._events.emit("warn", "cluster.move_failed", peer_id=peer_id, error=str(e)[:200])
+
+    def _on_handover(self, event: dict) -> None:
+        peer_id, room_id, old_node = event["peer"], event["room"], event["node"]
+        pending = self._handovers.pop(peer_id, None)
+        if pending is None:
+            return  # the resume gave up meanwhile: the old node's sweep ends the peer
+        waiter, member, token = pending
+        member.peer_id = peer_id
+        self._place_quietly(member, room_id)
+        self._token_of[peer_id] = token
+        self._peer_of[token] = peer_id
+        room = self._rooms[room_id]
+        remote = self._remote.setdefault(room_id, {})
+        for pid, node in event["members"].items():
+            if pid not in room and node != self.store.node_id:
+                remote[pid] = node
+        # Nodes that may still have messages for the peer on the way through the old
+        # node, this one included; each sends a marker along that route.
+        waiting = {n for n in remote.values() if n != old_node} | {self.store.node_id}
+        timer = self.clock.callLater(MARKER_TIMEOUT, self._moved_in, peer_id)
+        self._moving[peer_id] = Moving(waiting, timer)
+        self._tell(old_node, {"op": "marker", "room": room_id, "peer": peer_id, "node": self.store.node_id})
+        others = [pid for pid in list(room) + list(remote) if pid != peer_id]
+        waiter.succeed(Resumed(room_id, others, event["held"]))
+
+    def _on_marker(self, event: dict) -> None:
+        moving = self._moving.get(event["peer"])
+        if moving is not None:
+            moving.waiting.discard(event["node"])
+            if not moving.waiting:
+                self._moved_in(event["peer"])
+
+    def _moved_in(self, peer_id: str) -> None:
+        moving = self._moving.pop(peer_id, None)
+        if moving is None:
+            return
+        self._events.emit("info" if not moving.waiting else "warn", "cluster.moved_in", peer_id=peer_id,
+                          buffered=len(moving.buffer), missing_markers=len(moving.waiting))
+        if moving.timer.active():
+            moving.timer.cancel()
+        room_id = self._room_of.get(peer_id)
+        target = self._rooms[room_id].get(peer_id) if room_id else None
+        for message in moving.buffer:
+            if target is not None:
+                target.send(message)
+
+    def _place_quietly(self, member: Member, room_id: str) -> None:
+        if room_id not in self._rooms:
+            self._rooms[room_id] = {}
+            self._room_new()
+        self._rooms[room_id][member.peer_id] = member
+        self._room_of[member.peer_id] = room_id
+
+    def _forwarded(self, event: dict) -> bool:
+        """Pass on what reaches this node for a peer it handed over."""
+        peer_id = event.get("peer") or event.get("to")
+        forward = self._forward.get(peer_id)
+        if forward is None:
+            return False
+        self._tell(forward.node, event)
+        if event.get("op") == "marker":
+            self._events.emit("debug", "cluster.marker_forwarded", peer_id=peer_id, sender=event.get("node"),
+                              to=forward.node)
+            forward.awaiting.discard(event.get("node"))
+        if not forward.awaiting or self.clock.seconds() > forward.until:
+            del self._forward[peer_id]
+        return True
+
+    @property
+    def forwarding(self) -> int:
+        """Peers handed over whose old route may still carry messages."""
+        now = self.clock.seconds()
+        return sum(1 for f in self._forward.values() if f.awaiting and f.until > now)
 
     # --- what other nodes tell this one
 
     def on_event(self, event: dict) -> None:
         op, room_id = event.get("op"), event.get("room")
+        if op in ("takeover", "handover", "marker", "takeover_failed"):
+            if op == "takeover":
+                self._on_takeover(event)
+            elif op == "handover":
+                self._on_handover(event)
+            elif op == "takeover_failed":
+                pending = self._handovers.pop(event["peer"], None)
+                if pending is not None:
+                    pending[0].fail(UnknownToken())
+            elif not self._forwarded(event):
+                self._on_marker(event)
+            return
+        if op == "moved":
+            remote = self._remote.get(room_id)
+            self._events.emit("debug", "cluster.moved_seen", peer_id=event["peer"], to=event["node"],
+                              known=remote is not None and event["peer"] in remote)
+            if remote is not None and event["peer"] in remote:
+                remote[event["peer"]] = event["node"]
+                self._tell(event["via"], {"op": "marker", "room": room_id, "peer": event["peer"],
+                                          "node": self.store.node_id})
+            return
         if room_id in self._joining and op in ("joined", "left"):
             self._joining[room_id].append(event)
             return
         room = self._rooms.get(room_id)
+        if op == "relay" and (room is None or event.get("to") not in room) and self._forwarded(event):
+            return
         if room is None:
             return  # no local member (any more): nothing to tell anyone
         if op == "relay":
             target = room.get(event.get("to"))
             if target is not None:
-                target.send(event["msg"])
+                self._deliver(target, event["msg"], event.get("node", ""))
         elif op == "joined":
             peer, node = event["peer"], event["node"]
             remote = self._remote.setdefault(room_id, {})

@@ -63,6 +63,7 @@ class Held:
         self._overflow = overflow
         self.expiry: Any = None  # the grace timer
         self.overflowed = False
+        self.connection_open = False  # released, its connection still closing: frames may come
 
     def send(self, message: dict) -> None:
         if self.overflowed:
@@ -141,7 +142,7 @@ class Hub:
         room = self._rooms.get(room_id)
         if room is None:
             room = self._rooms[room_id] = {}
-            ROOMS.inc()
+            self._room_new()
         announcement = {"type": "new_peer", "peer_id": member.peer_id}
         for other in room.values():
             other.send(announcement)
@@ -164,18 +165,27 @@ class Hub:
             member.expiry.cancel()
         if not room:
             del self._rooms[room_id]
-            ROOMS.dec()
+            self._room_gone()
         else:
             notice = {"type": "peer_left", "peer_id": member.peer_id}
             for other in list(room.values()):
                 other.send(notice)
         return room_id
 
+    @staticmethod
+    def _room_new() -> None:
+        ROOMS.inc()
+
+    @staticmethod
+    def _room_gone() -> None:
+        ROOMS.dec()
+
     def _left(self, room_id: str, peer_id: str, token: str | None) -> None:
         """A member left (after its room was told): a hook for shared state."""
 
-    def detach(self, member: Member) -> bool:
-        """The connection of ``member`` dropped: hold its place for the grace period.
+    def detach(self, member: Member, still_open: bool = False) -> bool:
+        """The connection of ``member`` dropped (or, ``still_open``, is being closed by
+        us): hold its place for the grace period.
 
         Returns False (and the member leaves) when resume is off or it was in no room.
         """
@@ -186,9 +196,21 @@ class Hub:
             self.leave(member)
             return False
         held = Held(member.peer_id, self.hold, self.leave)
+        held.connection_open = still_open
         self._rooms[room_id][member.peer_id] = held
         held.expiry = self.clock.callLater(self.hold.grace, self._expire, held)
         return True
+
+    def connection_closed(self, peer_id: str) -> None:
+        """A released peer's connection is now closed: all it sent has been read."""
+        room_id = self._room_of.get(peer_id)
+        place = self._rooms[room_id].get(peer_id) if room_id is not None else None
+        if isinstance(place, Held) and place.connection_open:
+            place.connection_open = False
+            self._connection_closed(peer_id)
+
+    def _connection_closed(self, peer_id: str) -> None:
+        """A hook for what waits on it."""
 
     def _expire(self, held: Held) -> None:
         held.expiry = None
@@ -197,23 +219,26 @@ class Hub:
     def resume(self, token: str, member: Member) -> Resumed:
         """Give ``member`` the place of the peer the token names; sets member.peer_id."""
         peer_id = self._peer_of.get(token)
-        room_id = self._room_of.get(peer_id) if peer_id is not None else None
-        if room_id is None:
+        if peer_id is None or peer_id not in self._room_of:
             RESUMES.labels("unknown_token").inc()
             raise UnknownToken()
-        room = self._rooms[room_id]
-        old = room[peer_id]
-        held: list[dict] = []
+        room_id, held = self._vacate(peer_id)
+        member.peer_id = peer_id
+        self._rooms[room_id][peer_id] = member
+        RESUMES.labels("resumed").inc()
+        return Resumed(room_id, [pid for pid in self._rooms[room_id] if pid != peer_id], held)
+
+    def _vacate(self, peer_id: str) -> tuple[str, list[dict]]:
+        """Free a peer's place for its next connection, quietly: the room hears nothing.
+        Returns the room and the messages held for the peer."""
+        room_id = self._room_of[peer_id]
+        old = self._rooms[room_id][peer_id]
         if isinstance(old, Held):
             if old.expiry is not None and old.expiry.active():
                 old.expiry.cancel()
-            held = list(old.messages)
-        else:  # the old connection has not noticed it is dead yet: retire it quietly
-            old.close(CLOSE_REPLACED, "replaced by a resumed connection")
-        member.peer_id = peer_id
-        room[peer_id] = member
-        RESUMES.labels("resumed").inc()
-        return Resumed(room_id, [pid for pid in room if pid != peer_id], held)
+            return room_id, list(old.messages)
+        old.close(CLOSE_REPLACED, "replaced by a resumed connection")  # it has not noticed it is dead
+        return room_id, []
 
     def sender_room(self, sender: Member) -> str:
         """The room ``sender`` may relay in; raises NotInRoom."""
