@@ -12,7 +12,11 @@ client address (``session_rate_per_minute``). Limits are read from ``node.settin
 at request time, so a reload applies to the next request.
 
 ``SessionAPI(node)`` builds the store, the resource (``.resource``) and the timer
-service that sweeps expired sessions every second (``.service``).
+service that sweeps expired sessions every second (``.service``). The store is in
+memory (the default), or in Redis with ``SessionAPI(node, redis=link)`` so that any
+node serves any step of a session. The in-memory store answers synchronously; the
+Redis store's operations return Deferreds, and the request is finished when they
+fire (503 while Redis is away).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Callable
 
 import orjson
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import http
@@ -30,8 +35,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.limits import TokenBucket
-from .domain.sessions import SessionError, SessionLimits, SessionStore
+from .domain.sessions import SessionError, SessionLimits, SessionStore, StoreFull
 from .protocol import client_address
+from .redis import RedisUnavailable
+from .redis_sessions import RedisSessionStore
 from .web import error_response, json_response
 
 log = Logger(namespace="sscontrold.rest")
@@ -102,6 +109,13 @@ class AddressRateLimiter:
             del self._addresses[address]
 
 
+async def _settled(result):
+    """A store operation's result: as is (in-memory store), or once its Deferred fires."""
+    if isinstance(result, Deferred):
+        return await result
+    return result
+
+
 class _Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -137,15 +151,33 @@ class SessionResource(Resource):
         return None
 
     def render(self, request: Request):
-        try:
-            return self._render(request)
-        except Exception:
-            log.failure("internal error answering {method} {path}",
-                        method=request.method.decode("ascii", "replace"),
-                        path=request.path.decode("ascii", "replace")[:200])
-            return error_response(request, http.INTERNAL_SERVER_ERROR, "internal error")
+        d = Deferred.fromCoroutine(self._render(request))
+        d.addErrback(self._internal_error, request)
+        if d.called:  # nothing waited (the in-memory store): answer now
+            body: list = []
+            d.addCallback(body.append)
+            return body[0]
+        d.addCallback(self._finish, request)
+        d.addErrback(lambda f: log.failure("internal error finishing a session request", f))
+        return NOT_DONE_YET
 
-    def _render(self, request: Request):
+    @staticmethod
+    def _internal_error(failure, request: Request) -> bytes:
+        log.failure("internal error answering {method} {path}", failure,
+                    method=request.method.decode("ascii", "replace"),
+                    path=request.path.decode("ascii", "replace")[:200])
+        return error_response(request, http.INTERNAL_SERVER_ERROR, "internal error")
+
+    @staticmethod
+    def _finish(body, request: Request) -> None:
+        """Write a body that came later (the store waited on Redis), unless the client left."""
+        if body is NOT_DONE_YET or request._disconnected or request.finished:
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    async def _render(self, request: Request):
         api = self._api
         settings = api.sync()
         self._cors(request, settings)
@@ -173,32 +205,36 @@ class SessionResource(Resource):
         store = api.store
         try:
             if name == "collection":
-                session = store.create(self._body(request, settings), owner=address)
+                session = await _settled(store.create(self._body(request, settings), owner=address))
                 api.node.events.emit("info", "session.created", address=address,
-                                     expires_at=session.expires_at, sessions=len(store))
+                                     expires_at=session.expires_at, sessions=store.count())
                 return json_response(request, http.CREATED, {
                     "success": True, "session_id": session.session_id, "expires_at": session.expires_at})
             if name == "session" and method == "GET":
-                return json_response(request, http.OK, store.get(raw_id, address))
+                return json_response(request, http.OK, await _settled(store.get(raw_id, address)))
             if name == "session":  # DELETE
-                store.delete(raw_id)
-                api.node.events.emit("info", "session.deleted", address=address, sessions=len(store))
+                await _settled(store.delete(raw_id))
+                api.node.events.emit("info", "session.deleted", address=address, sessions=store.count())
                 return json_response(request, http.OK, {"success": True})
             body = self._body(request, settings)
             if name == "answer":
-                store.answer(raw_id, body)
+                await _settled(store.answer(raw_id, body))
                 api.node.events.emit("info", "session.answered", address=address)
             else:
-                store.add_ice(raw_id, body)
+                await _settled(store.add_ice(raw_id, body))
             return json_response(request, http.OK, {"success": True})
         except _Refused as e:
             return error_response(request, e.status, e.message)
         except SessionError as e:
             if e.status == TOO_MANY_REQUESTS:
                 api.node.events.emit("warn", "session.attempts_exceeded", address=address)
-            elif e.status == http.SERVICE_UNAVAILABLE:
-                api.node.events.emit("warn", "limit.sessions", address=address, sessions=len(store))
+            elif isinstance(e, StoreFull):
+                api.node.events.emit("warn", "limit.sessions", address=address, sessions=store.count())
             return error_response(request, e.status, e.message)
+        except RedisUnavailable:
+            request.setHeader(b"retry-after", b"1")
+            return error_response(request, http.SERVICE_UNAVAILABLE,
+                                  "sessions are temporarily unavailable, retry shortly")
 
     # --- pieces
 
@@ -284,7 +320,7 @@ class SessionExpiry(Service):
             self._api.rate.sweep()
             if dropped:
                 self._api.node.events.emit("debug", "session.expired", count=dropped,
-                                           sessions=len(self._api.store))
+                                           sessions=self._api.store.count())
         except Exception:
             log.failure("internal error sweeping expired sessions")
 
@@ -292,10 +328,14 @@ class SessionExpiry(Service):
 class SessionAPI:
     """The session store with its HTTP resource and its expiry timer."""
 
-    def __init__(self, node):
+    def __init__(self, node, redis=None):
         self.node = node
         self._settings = node.settings
-        self.store = SessionStore(node.clock.seconds, session_limits(node.settings))
+        self.limits = session_limits(node.settings)
+        if redis is None:
+            self.store = SessionStore(node.clock.seconds, self.limits)
+        else:
+            self.store = RedisSessionStore(redis, lambda: self.limits)
         self.rate = AddressRateLimiter(node.clock.seconds, node.settings.session_rate_per_minute)
         self.resource = SessionResource(self)
         self.service = SessionExpiry(self, node.clock)
@@ -305,7 +345,9 @@ class SessionAPI:
         settings = self.node.settings
         if settings is not self._settings:
             self._settings = settings
-            self.store.limits = session_limits(settings)
+            self.limits = session_limits(settings)
+            if isinstance(self.store, SessionStore):
+                self.store.limits = self.limits
             self.rate.configure(settings.session_rate_per_minute)
         return settings
 

@@ -91,8 +91,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     notifier = Notifier()
     readiness = Readiness()
     node.extensions["turn"] = websocket_turn(node)
-    sessions = SessionAPI(node)
-    health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": len(sessions.store)})
+    sessions = SessionAPI(node, redis=redis)  # with Redis, sessions are shared by every node
+    health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
     site = public_site(factory, health, timeout=settings.handshake_timeout,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node)})
 

@@ -5,6 +5,11 @@ Pure: no Twisted import. The clock is injected (a callable returning unix second
 ``SessionStore.expire()`` is called by a timer, and every operation also checks expiry
 itself, so an expired session is never served even between two sweeps.
 
+The validation and the operations themselves are module functions (``new_session``,
+``count_attempt``, ``answer_change``, ``ice_change``) and a ``Session`` round-trips
+through ``to_dict``/``from_dict``, so that another store (sscontrold.redis_sessions,
+sessions shared by several nodes) applies exactly the same rules.
+
 Errors are ``SessionError`` subclasses carrying the HTTP status and the message the
 REST layer answers with (``{"success": false, "error": message}``).
 
@@ -225,6 +230,83 @@ class Session:
             out["client_candidates"] = [c.to_json() for c in self.client_candidates]
         return out
 
+    def to_dict(self) -> dict:
+        """Everything, as JSON-able values (for a store that keeps sessions elsewhere)."""
+        return {"session_id": self.session_id, "offer": self.offer,
+                "candidates": [c.to_json() for c in self.candidates], "expires_at": self.expires_at,
+                "public_key": self.public_key, "pin_hash": self.pin_hash, "owner": self.owner,
+                "status": self.status, "answer": self.answer,
+                "client_candidates": [c.to_json() for c in self.client_candidates], "attempts": self.attempts}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> "Session":
+        """The inverse of ``to_dict`` (trusted input: no validation)."""
+        def candidates(items):
+            return [IceCandidate(c["candidate"], c.get("sdpMid"), c.get("sdpMLineIndex")) for c in items]
+        return cls(value["session_id"], value["offer"], candidates(value["candidates"]), value["expires_at"],
+                   value.get("public_key"), value.get("pin_hash"), value.get("owner"),
+                   value.get("status", "waiting"), value.get("answer"),
+                   candidates(value.get("client_candidates") or ()), value.get("attempts", 0))
+
+
+# --- the operations, shared by the stores
+
+
+def new_session(body: Mapping[str, Any], limits: SessionLimits, now: float,
+                owner: str | None = None) -> Session:
+    """The session a create body describes (validated), expiring ``ttl`` seconds after ``now``."""
+    session_id = validate_session_id(body.get("session_id"))
+    offer = _string(body, "offer", limits.max_sdp_bytes)
+    candidates = _candidates(body, "candidates", limits, required=True)
+    public_key = _string(body, "public_key", limits.max_public_key_bytes, required=False)
+    pin_hash = _string(body, "pin_hash", limits.max_pin_hash_bytes, required=False)
+    ttl = _ttl(body, limits)
+    return Session(session_id, offer, candidates, math.ceil(now + ttl), public_key, pin_hash, owner)
+
+
+NOT_COUNTED, COUNTED, EXCEEDED = "not counted", "counted", "exceeded"
+
+
+def count_attempt(session: Session, address: str | None, limits: SessionLimits) -> str:
+    """Count a GET of ``session`` from ``address``: ``NOT_COUNTED`` (nothing changed),
+    ``COUNTED`` (``attempts`` went up) or ``EXCEEDED`` (one too many: the session must go,
+    leaving a too-many-attempts tombstone)."""
+    if session.status == "waiting" and (address is None or address != session.owner):
+        session.attempts += 1
+        return EXCEEDED if session.attempts > limits.max_attempts else COUNTED
+    return NOT_COUNTED
+
+
+def answer_change(body: Mapping[str, Any], limits: SessionLimits) -> Callable[[Session], None]:
+    """Validate an answer body; the returned function applies it to a session."""
+    answer = _string(body, "answer", limits.max_sdp_bytes)
+    candidates = _candidates(body, "candidates", limits, required=False)
+
+    def apply(session: Session) -> None:
+        # As in both earlier servers, a second answer replaces the first (a retried POST).
+        session.answer = answer
+        session.client_candidates = list(candidates)
+        session.status = "answered"
+    return apply
+
+
+def ice_change(body: Mapping[str, Any], limits: SessionLimits) -> Callable[[Session], None]:
+    """Validate an ICE body; the returned function adds the candidate to a session (or
+    raises BadRequest when the session has as many as it may hold)."""
+    role = body.get("role")
+    if role is None:
+        raise BadRequest("role is required")
+    if role not in ROLES:  # also a non-string
+        raise BadRequest("role must be 'host' or 'client'")
+    candidate = _candidate(body, "candidate", limits)
+
+    def apply(session: Session) -> None:
+        target = session.candidates if role == "host" else session.client_candidates
+        if len(target) >= limits.max_candidates:
+            raise BadRequest(f"the session already has {limits.max_candidates} {role} candidates")
+        target.append(candidate)
+    return apply
+
 
 _EXPIRED = "expired"
 _ATTEMPTS = "attempts"
@@ -252,22 +334,19 @@ class SessionStore:
 
     # --- operations
 
+    def count(self) -> int:
+        return len(self._sessions)
+
     def create(self, body: Mapping[str, Any], owner: str | None = None) -> Session:
         limits = self.limits
-        session_id = validate_session_id(body.get("session_id"))
-        offer = _string(body, "offer", limits.max_sdp_bytes)
-        candidates = _candidates(body, "candidates", limits, required=True)
-        public_key = _string(body, "public_key", limits.max_public_key_bytes, required=False)
-        pin_hash = _string(body, "pin_hash", limits.max_pin_hash_bytes, required=False)
-        ttl = _ttl(body, limits)
-
         now = self.clock()
+        session = new_session(body, limits, now, owner)
+        session_id = session.session_id
         self.expire(now)
         if session_id in self._sessions:
             raise Conflict("session already exists")
         if len(self._sessions) >= limits.max_count:
             raise StoreFull("too many sessions, try again later")
-        session = Session(session_id, offer, candidates, math.ceil(now + ttl), public_key, pin_hash, owner)
         self._tombstones.pop(session_id, None)
         self._sessions[session_id] = session
         heapq.heappush(self._expiry, (session.expires_at, session_id))
@@ -279,39 +358,23 @@ class SessionStore:
         """The session's public view. A GET while the session is waiting for its answer,
         from another address than its creator's, counts as an attempt."""
         session = self._live(session_id)
-        if session.status == "waiting" and (address is None or address != session.owner):
-            session.attempts += 1
-            if session.attempts > self.limits.max_attempts:
-                self._drop(session_id, _ATTEMPTS)
-                raise TooManyAttempts("too many attempts")
+        if count_attempt(session, address, self.limits) == EXCEEDED:
+            self._drop(session_id, _ATTEMPTS)
+            raise TooManyAttempts("too many attempts")
         return session.view()
 
     def answer(self, session_id: str, body: Mapping[str, Any]) -> Session:
-        limits = self.limits
         validate_session_id(session_id, "session id")
-        answer = _string(body, "answer", limits.max_sdp_bytes)
-        candidates = _candidates(body, "candidates", limits, required=False)
+        change = answer_change(body, self.limits)
         session = self._live(session_id)
-        # As in both earlier servers, a second answer replaces the first (a retried POST).
-        session.answer = answer
-        session.client_candidates = candidates
-        session.status = "answered"
+        change(session)
         return session
 
     def add_ice(self, session_id: str, body: Mapping[str, Any]) -> Session:
-        limits = self.limits
         validate_session_id(session_id, "session id")
-        role = body.get("role")
-        if role is None:
-            raise BadRequest("role is required")
-        if role not in ROLES:  # also a non-string
-            raise BadRequest("role must be 'host' or 'client'")
-        candidate = _candidate(body, "candidate", limits)
+        change = ice_change(body, self.limits)
         session = self._live(session_id)
-        target = session.candidates if role == "host" else session.client_candidates
-        if len(target) >= limits.max_candidates:
-            raise BadRequest(f"the session already has {limits.max_candidates} {role} candidates")
-        target.append(candidate)
+        change(session)
         return session
 
     def delete(self, session_id: str) -> None:
