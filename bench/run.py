@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""Benchmark sscontrold against the reference Node.js `ws` relay, side by side.
+
+For each workload, the reference (bench/reference/relay.js) and sscontrold are
+started in turn (alternating which goes first, --rounds rounds), each a fresh
+process pinned to one core (taskset), the load generator (bench/loadgen) pinned
+to another. Prints one JSON line per run, then the figures and the
+sscontrold/reference ratios as a table and as JSON lines. Everything goes to
+127.0.0.1 only; every run is bounded in time.
+
+    python bench/run.py                    # the full run (`make bench`), ~6-8 minutes
+    BENCH_SECONDS=2 BENCH_SHORT=1 python bench/run.py   # a quick look (~1.5 minutes)
+    python bench/run.py --smoke            # seconds: generator vs sscontrold, sanity-checked
+    python bench/run.py --only relay --rounds 3
+
+Environment: BENCH_SECONDS (relay measurement, default 10), BENCH_SHORT=1 (small C/N),
+BENCH_ROUNDS, BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_LOG_LEVEL (sscontrold's
+--log-level, default warn). TLS churn runs twice: an ECDSA P-256 certificate and an RSA 2048 one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LOADGEN = BENCH / "loadgen" / "loadgen.js"
+REFERENCE = BENCH / "reference" / "relay.js"
+OUT_DIR = ROOT / "build" / "bench"
+SRC_ADDRS = ",".join(f"127.0.0.{i}" for i in range(2, 10))  # 8 source addresses: 8 x 28k ephemeral ports
+SERVERS = ("sscontrold", "reference")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Targets from the issue: (metric, comparison, threshold) on the ratio sscontrold/reference.
+TARGETS = {
+    ("relay", 2000, 16): [("msgs_per_s", ">=", 1.0)],
+    ("relay", 200, 1): [("msgs_per_s", ">=", 0.8), ("p99_us", "<=", 1.5)],
+    ("idle",): [("kib_per_conn", "<=", 2.0)],
+    ("churn", True, "ec"): [("connections_per_s", ">=", 0.8)],
+    ("churn", True, "rsa"): [("connections_per_s", ">=", 0.8)],
+}
+
+
+def log(*parts) -> None:
+    print("bench:", *parts, file=sys.stderr, flush=True)
+
+
+# --- machine and limits
+
+def raise_fd_limit(want: int) -> tuple[int, str]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    note = ""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+    except (ValueError, OSError):
+        if hard != resource.RLIM_INFINITY and hard < want:
+            note = (f"could not raise the open-file limit to {want}: the hard limit is {hard} "
+                    f"(no CAP_SYS_RESOURCE here); idle N is capped below it")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0], note
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine so far."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]) / CLK_TCK
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
+    """Wait (bounded) until the machine is nearly idle (other engineers' tests may
+    share it); returns the busy fraction of one core seen last."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0 = machine_busy()
+        time.sleep(0.5)
+        busy = (machine_busy() - b0) / 0.5
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def machine_info() -> dict:
+    info = {"nproc": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info["python"] = sys.version.split()[0]
+    for mod in ("twisted", "autobahn"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            info[mod] = None
+    node = shutil.which("node")
+    info["node"] = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sscontrold"], cwd=ROOT, capture_output=True,
+                               text=True)
+        info["commit"] = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+    except OSError:
+        info["commit"] = None
+    try:
+        info["ws"] = json.loads((BENCH / "reference" / "node_modules" / "ws" / "package.json").read_text())["version"]
+    except OSError:
+        info["ws"] = None
+    return info
+
+
+# --- servers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twistd() -> list[str]:
+    script = Path(sys.executable).parent / "twistd"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "twisted"]
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
+    env.update({k: str(v) for k, v in extra.items() if v is not None})
+    return env
+
+
+def pinned(cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
+
+
+class Server:
+    def __init__(self, kind: str, work: Path, api_key: str, tls: tuple[Path, Path] | None,
+                 cpu: int | None, log_level: str):
+        self.kind = kind
+        self.port = free_port()
+        self.tls = tls
+        self.logfile = work / f"{kind}-{self.port}.log"
+        if kind == "sscontrold":
+            empty = work / "empty.conf"
+            empty.touch()
+            cmd = twistd() + [
+                "-n", "--pidfile=", "sscontrol-signaling", "--config", str(empty),
+                "--host", "127.0.0.1", "--port", str(self.port), "--admin-enabled", "false",
+                # no limit may interfere with the measurement
+                "--max-connections", "1000000", "--max-connections-per-ip", "1000000",
+                "--rate-limit-per-second", "1000000000", "--rate-limit-burst", "1000000000",
+                "--rate-limit-strikes", "1000000", "--nonce-store-max", "100000000",
+                "--ping-interval", "0", "--resume-grace", "0", "--auth-timeout", "120",
+                "--handshake-timeout", "120", "--drain-timeout", "1", "--log-level", log_level,
+            ]
+            if tls:
+                cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+            env = clean_env(SSCONTROL_API_KEY=api_key)
+        else:
+            cmd = ["node", str(REFERENCE)]
+            env = clean_env(SSCONTROL_API_KEY=api_key, SIGNALING_HOST="127.0.0.1", SIGNALING_PORT=self.port,
+                            SSCONTROL_TLS_CERT=tls[0] if tls else None, SSCONTROL_TLS_KEY=tls[1] if tls else None)
+        self.out = open(self.logfile, "w")
+        self.proc = subprocess.Popen(pinned(cpu) + cmd, cwd=work, env=env, stdout=self.out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid  # taskset execs the server: same pid
+
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: see {self.logfile}")
+            try:
+                if self.tls:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=ctx)
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/health")
+                ok = conn.getresponse().status == 200
+                conn.close()
+                if ok:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.kind} did not answer /health within {timeout} s: see {self.logfile}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.out.close()
+
+
+def make_cert(work: Path, kind: str) -> tuple[Path, Path]:
+    """A throw-away self-signed certificate for 127.0.0.1 (ECDSA P-256 or RSA 2048)."""
+    cert, key = work / f"cert-{kind}.pem", work / f"key-{kind}.pem"
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if kind == "ec" else ["-newkey", "rsa:2048"]
+    subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+# --- the generator
+
+def run_loadgen(server: Server, args: list[str], api_key: str, cpu: int | None, timeout: float) -> list[dict]:
+    cmd = pinned(cpu) + ["node", str(LOADGEN), "--url", server.url, "--server-pid", str(server.pid), *args]
+    proc = subprocess.run(cmd, env=clean_env(SSCONTROL_API_KEY=api_key), capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def plan(short: bool, seconds: float, idle_max: int, tls_keys=(None, "ec", "rsa")) -> list[dict]:
+    """The workloads: each a dict with a key (for pairing runs) and loadgen arguments."""
+    relay_cw = [(20, 1), (20, 16), (200, 1), (200, 16)] if short else [(200, 1), (200, 16), (2000, 1), (2000, 16)]
+    churn_s = min(5.0, seconds)
+    steps = [1000, 2000] if short else [10000] + ([min(30000, idle_max)] if idle_max > 10000 else [])
+    steps = [n for n in steps if n <= idle_max] or [idle_max]
+    out = [{"key": ("relay", c, w), "tls": None, "timeout": 60 + seconds,
+            "args": ["--workload", "relay", "--conns", str(c), "--window", str(w), "--warmup", "2",
+                     "--seconds", str(seconds)]} for c, w in relay_cw]
+    out += [{"key": ("churn", tls is not None, tls), "tls": tls, "timeout": 60 + churn_s,
+             "args": ["--workload", "churn", "--concurrency", "64", "--warmup", "1", "--seconds", str(churn_s),
+                      "--src-addrs", SRC_ADDRS]} for tls in tls_keys]
+    out += [{"key": ("idle",), "tls": None, "timeout": 180,
+             "args": ["--workload", "idle", "--idle", ",".join(map(str, steps)), "--settle", "2",
+                      "--src-addrs", SRC_ADDRS]}]
+    return out
+
+
+def annotate(rec: dict, server_cpu: int | None = None, gen_cpu: int | None = None) -> dict:
+    """CPU cost per operation (a relayed message, a connection) of the server and of the
+    generator: comparable even when a run did not saturate the server. And how busy the
+    server's and the generator's cores were (processes + irq/softirq)."""
+    cores = rec.get("core_busy_pct") or []
+    for who, cpu in (("server", server_cpu), ("gen", gen_cpu)):
+        if cpu is not None and cpu < len(cores):
+            rec[f"{who}_core_busy_pct"] = cores[cpu]
+    rate = rec.get("msgs_per_s") if rec["workload"] == "relay" else rec.get("connections_per_s")
+    for who in ("server", "gen"):
+        pct = rec.get(f"{who}_cpu_pct")
+        if rate and pct is not None:
+            rec[f"{who}_cpu_us_per_op"] = round(pct / 100 * 1e6 / rate, 2)
+    return rec
+
+
+def result_key(rec: dict) -> tuple:
+    if rec["workload"] == "relay":
+        return ("relay", rec["conns"], rec["window"])
+    if rec["workload"] == "churn":
+        return ("churn", rec["tls"], rec.get("tls_key"))
+    return ("idle", rec["conns"])
+
+
+def label(key: tuple) -> str:
+    if key[0] == "relay":
+        return f"relay C={key[1]} W={key[2]}"
+    if key[0] == "churn":
+        return f"churn {'TLS ' + key[2].upper() if key[1] else 'plain'}"
+    return f"idle N={key[1]}"
+
+
+METRICS = {
+    "relay": [("msgs_per_s", "msgs/s", True), ("p50_us", "p50 us", False), ("p99_us", "p99 us", False),
+              ("p999_us", "p99.9 us", False), ("server_cpu_us_per_op", "srv CPU us/msg", False),
+              ("gen_cpu_us_per_op", "gen CPU us/msg", False)],
+    "churn": [("connections_per_s", "connections/s", True), ("session_p50_us", "session p50 us", False),
+              ("server_cpu_us_per_op", "srv CPU us/conn", False), ("gen_cpu_us_per_op", "gen CPU us/conn", False)],
+    "idle": [("kib_per_conn", "KiB/connection", False), ("server_rss_after_kib", "server RSS KiB", False)],
+}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    keys = []
+    for r in records:
+        k = result_key(r)
+        if k not in keys:
+            keys.append(k)
+    rows = []
+    for k in keys:
+        per = {s: [r for r in records if result_key(r) == k and r["server"] == s] for s in SERVERS}
+        row = {"summary": label(k), "key": list(k), "runs": {s: len(v) for s, v in per.items()}}
+        for metric, _, _ in METRICS[k[0]] + [(m, "", None) for m in (
+                "gen_cpu_pct", "server_cpu_pct", "gen_elu", "other_cpu_pct", "irq_cpu_pct",
+                "server_core_busy_pct", "gen_core_busy_pct")]:
+            vals = {s: median([r.get(metric) for r in per[s]]) for s in SERVERS}
+            ratio = (vals["sscontrold"] / vals["reference"]
+                     if vals["sscontrold"] is not None and vals["reference"] else None)
+            row[metric] = {**vals, "ratio": round(ratio, 3) if ratio is not None else None,
+                           "all": {s: [r.get(metric) for r in per[s]] for s in SERVERS}}
+        targets = TARGETS.get(k[:1] if k[0] == "idle" else k, [])
+        row["targets"] = []
+        for metric, op, threshold in targets:
+            ratio = row[metric]["ratio"]
+            ok = None if ratio is None else (ratio >= threshold if op == ">=" else ratio <= threshold)
+            row["targets"].append({"metric": metric, "target": f"{op} {threshold}", "ratio": ratio, "met": ok})
+        # Whether the generator, not the server, may have set the pace of a run.
+        # (judged on the generator's own figures: a busy generator core may be other processes,
+        # which the noise check reports)
+        row["generator_limited"] = {s: any((r.get("gen_elu") or 0) > 0.9 or (r.get("gen_cpu_pct") or 0) > 90
+                                           for r in per[s]) for s in SERVERS}
+        row["noisy_runs"] = {s: sum(1 for r in per[s] if r.get("noisy")) for s in SERVERS}
+        rows.append(row)
+    return rows
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v < 100:
+        return f"{v:.2f}"
+    return f"{v:,.0f}"
+
+
+def pct(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'workload':<20} {'figure':<16} {'sscontrold':>12} {'reference':>12} {'ratio':>7}  "
+             f"{'target':<9} {'core busy% srv/gen':<20} note"]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        kind = row["key"][0]
+        cpu = (f"{pct(row['server_core_busy_pct']['sscontrold'])}/{pct(row['gen_core_busy_pct']['sscontrold'])} | "
+               f"{pct(row['server_core_busy_pct']['reference'])}/{pct(row['gen_core_busy_pct']['reference'])}")
+        first = True
+        for metric, name, _ in METRICS[kind]:
+            m = row[metric]
+            target = next((t for t in row["targets"] if t["metric"] == metric), None)
+            tgt = f"{target['target']}{' ok' if target['met'] else ' NO' if target['met'] is False else ''}" if target else ""
+            note = ""
+            if first:
+                limited = [s for s, v in row["generator_limited"].items() if v]
+                notes = [f"generator near saturation for: {', '.join(limited)}"] if limited else []
+                noisy = {s: n for s, n in row["noisy_runs"].items() if n}
+                if noisy:
+                    notes.append("noisy runs: " + ", ".join(f"{s} {n}" for s, n in noisy.items()))
+                note = "; ".join(notes)
+            lines.append(f"{row['summary'] if first else '':<20} {name:<16} {fmt(m['sscontrold']):>12} "
+                         f"{fmt(m['reference']):>12} {fmt(m['ratio']):>7}  {tgt:<9} {cpu if first else '':<20} {note}")
+            first = False
+    return "\n".join(lines)
+
+
+def smoke(args) -> int:
+    """Seconds-long: the generator against sscontrold (plain and TLS), numbers sanity-checked."""
+    if not shutil.which("node"):
+        print("SKIP: node is not installed")
+        return 77
+    api_key = secrets.token_hex(16)
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="sscontrol-bench-") as tmp:
+        work = Path(tmp)
+        cert = make_cert(work, "ec") if shutil.which("openssl") else None
+        runs = [(False, ["--workload", "relay", "--conns", "20", "--window", "4", "--warmup", "0.5", "--seconds", "1.5"]),
+                (False, ["--workload", "churn", "--concurrency", "4", "--warmup", "0.2", "--seconds", "1"]),
+                (False, ["--workload", "idle", "--idle", "200", "--settle", "0.5"])]
+        if cert:
+            runs.append((True, ["--workload", "churn", "--concurrency", "4", "--warmup", "0.2", "--seconds", "1"]))
+        for tls, gen_args in runs:
+            server = Server("sscontrold", work, api_key, cert if tls else None, None, "warn")
+            try:
+                recs = run_loadgen(server, gen_args, api_key, None, timeout=60)
+            except Exception as e:
+                failures.append(f"{gen_args[1]}{' tls' if tls else ''}: {e}")
+                continue
+            finally:
+                server.stop()
+            for r in recs:
+                print(json.dumps(r))
+                w = r["workload"]
+                if w == "relay":
+                    ok = (r["msgs"] > 100 and r["errors"] == 0 and r["closed_early"] == 0
+                          and 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"])
+                elif w == "churn":
+                    ok = r["sessions"] > 5 and r["errors"] == 0 and r["connections_per_s"] > 0
+                else:
+                    ok = (r["conns"] == 200 and r["liveness_ok"] == r["liveness_checked"] > 0
+                          and r["closed_early"] == 0 and r["kib_per_conn"] is not None
+                          and 0 < r["kib_per_conn"] < 1000)
+                if not ok:
+                    failures.append(f"{w}: implausible figures {r}")
+    if failures:
+        for f in failures:
+            print("FAIL:", f)
+        return 1
+    print("bench smoke: ok")
+    return 0
+
+
+def gen_check(args, server_cpu, gen_cpu) -> int:
+    """The generator's own cost: the raw-socket client and the `ws` package's client,
+    each driving the reference relay (the faster server) at the same workloads."""
+    api_key = secrets.token_hex(16)
+    print(f"{'workload':<20} {'client':<6} {'msgs/s':>9} {'gen CPU%':>9} {'gen us/msg':>11} {'srv CPU%':>9} {'srv us/msg':>11}")
+    with tempfile.TemporaryDirectory(prefix="sscontrol-bench-") as tmp:
+        for conns, window in ((200, 1), (2000, 16)):
+            for client in ("raw", "ws"):
+                wait_quiet(args.quiet_wait)
+                server = Server("reference", Path(tmp), api_key, None, server_cpu, "warn")
+                try:
+                    (r,) = run_loadgen(server, ["--workload", "relay", "--conns", str(conns), "--window", str(window),
+                                                "--warmup", "2", "--seconds", str(args.seconds), "--client", client],
+                                       api_key, gen_cpu, 60 + args.seconds)
+                finally:
+                    server.stop()
+                annotate(r, server_cpu, gen_cpu)
+                print(f"{label(result_key(r)):<20} {client:<6} {r['msgs_per_s']:>9,} {r['gen_cpu_pct']:>9} "
+                      f"{r['gen_cpu_us_per_op']:>11} {r['server_cpu_pct']:>9} {r['server_cpu_us_per_op']:>11}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="a seconds-long sanity run against sscontrold only")
+    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")))
+    p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "10")))
+    p.add_argument("--short", action="store_true", default=os.environ.get("BENCH_SHORT", "") not in ("", "0"))
+    p.add_argument("--only", default="", help="comma-separated: relay, churn, idle")
+    p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--gen-check", action="store_true",
+                   help="compare the generator's raw client with the ws package's client against the reference")
+    p.add_argument("--max-noise", type=float, default=20.0,
+                   help="CPU %% of one core used by other processes during a run above which it is run again")
+    p.add_argument("--retries", type=int, default=1, help="re-runs of a noisy run")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="seconds after which noisy runs are no longer repeated")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="seconds to wait, before each run, for other load on the machine to stop")
+    args = p.parse_args()
+    # a SIGTERM unwinds like Ctrl-C: the finally blocks stop the servers and the generator
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.smoke:
+        return smoke(args)
+
+    server_cpu = int(os.environ.get("BENCH_SERVER_CPU", "0"))
+    gen_cpu = int(os.environ.get("BENCH_GEN_CPU", "1"))
+    if (os.cpu_count() or 1) < 2:
+        log("fewer than 2 cores: server and generator are not pinned apart")
+        server_cpu = gen_cpu = None
+    if args.gen_check:
+        return gen_check(args, server_cpu, gen_cpu)
+    fd_limit, fd_note = raise_fd_limit(65536)
+    if fd_note:
+        log(fd_note)
+    idle_max = max(1000, min(30000, fd_limit - 1000))
+    info = machine_info()
+    info.update({"fd_limit": fd_limit, "server_cpu": server_cpu, "gen_cpu": gen_cpu, "rounds": args.rounds,
+                 "relay_seconds": args.seconds, "short": args.short,
+                 "log_level": os.environ.get("BENCH_LOG_LEVEL", "warn")})
+    if fd_note:
+        info["fd_note"] = fd_note
+    print(json.dumps({"machine": info}), flush=True)
+
+    servers = [s for s in args.servers.split(",") if s]
+    only = {w for w in args.only.split(",") if w}
+    work_plan = [w for w in plan(args.short, args.seconds, idle_max) if not only or w["key"][0] in only]
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_path = OUT_DIR / f"results-{stamp}.jsonl"
+    api_key = secrets.token_hex(16)
+    records = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sscontrol-bench-") as tmp, open(out_path, "w") as out:
+        out.write(json.dumps({"machine": info}) + "\n")
+        work = Path(tmp)
+        certs = {kind: make_cert(work, kind) for kind in ("ec", "rsa")}
+        for rnd in range(args.rounds):
+            for w in work_plan:
+                order = servers if rnd % 2 == 0 else list(reversed(servers))
+                for kind in order:
+                    for attempt in range(1 + args.retries):
+                        busy = wait_quiet(args.quiet_wait)
+                        server = Server(kind, work, api_key, certs[w["tls"]] if w["tls"] else None, server_cpu,
+                                        info["log_level"])
+                        try:
+                            recs = run_loadgen(server, w["args"], api_key, gen_cpu, w["timeout"])
+                        except Exception as e:
+                            log(f"{kind} {label(w['key'])}: {e}")
+                            recs = []
+                        finally:
+                            server.stop()
+                        noise = max([r.get("other_cpu_pct") or 0 for r in recs] or [0])
+                        if noise <= args.max_noise or attempt == args.retries or \
+                                time.monotonic() - started > args.budget:
+                            break
+                        log(f"{kind} {label(w['key'])}: other processes used {noise:.0f}% of a core "
+                            f"meanwhile: measuring again")
+                    for r in recs:
+                        r.update({"server": kind, "round": rnd, "busy_before": round(busy, 2),
+                                  "attempt": attempt, "noisy": (r.get("other_cpu_pct") or 0) > args.max_noise})
+                        if w["tls"]:
+                            r["tls_key"] = w["tls"]
+                        annotate(r, server_cpu, gen_cpu)
+                        line = json.dumps(r)
+                        print(line, flush=True)
+                        out.write(line + "\n")
+                        records.append(r)
+        rows = summarize(records)
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    print()
+    print(table(rows))
+    print()
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items()}))
+    log(f"done in {time.monotonic() - started:.0f} s; results in {out_path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
