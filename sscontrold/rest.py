@@ -25,7 +25,6 @@ import math
 from collections import OrderedDict
 from typing import Callable
 
-import orjson
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -39,7 +38,7 @@ from .domain.sessions import SessionError, SessionLimits, SessionStore, StoreFul
 from .protocol import client_address
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
-from .web import error_response, json_response
+from .web import HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body
 
 log = Logger(namespace="sscontrold.rest")
 
@@ -114,13 +113,6 @@ async def _settled(result):
     if isinstance(result, Deferred):
         return await result
     return result
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class SessionResource(Resource):
@@ -223,8 +215,8 @@ class SessionResource(Resource):
             else:
                 await _settled(store.add_ice(raw_id, body))
             return json_response(request, http.OK, {"success": True})
-        except _Refused as e:
-            return error_response(request, e.status, e.message)
+        except HTTPError as e:
+            return error_response(request, e.code, e.message)
         except SessionError as e:
             if e.status == TOO_MANY_REQUESTS:
                 api.node.events.emit("warn", "session.attempts_exceeded", address=address)
@@ -240,38 +232,14 @@ class SessionResource(Resource):
 
     @staticmethod
     def _body(request: Request, settings) -> dict:
-        limit = settings.session_body_max_bytes
-        length = request.getHeader(b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise _Refused(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
-        content = request.content
-        if content is None:
-            data = b""
-        else:
-            content.seek(0)
-            data = content.read(limit + 1)
-        if len(data) > limit:
-            raise _Refused(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+        data = read_body(request, settings.session_body_max_bytes)
         if not data.strip():
-            raise _Refused(http.BAD_REQUEST, "a JSON object body is required")
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise _Refused(http.BAD_REQUEST, "body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _Refused(http.BAD_REQUEST, "body must be a JSON object")
-        return body
+            raise HTTPError(http.BAD_REQUEST, "a JSON object body is required")
+        return parse_json_object(data)
 
     @staticmethod
     def _cors(request: Request, settings) -> None:
-        origins = settings.cors_origins
-        origin = request.getHeader(b"origin")
-        if "*" in origins:
-            request.setHeader(b"access-control-allow-origin", b"*")
-        else:
-            request.setHeader(b"vary", b"Origin")
-            if origin is not None and origin.decode("latin-1") in origins:
-                request.setHeader(b"access-control-allow-origin", origin)
+        apply_cors(request, settings.cors_origins)
         request.setHeader(b"access-control-expose-headers", b"Retry-After")
 
     @staticmethod

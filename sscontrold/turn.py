@@ -17,7 +17,6 @@ import hashlib
 import hmac
 from typing import Any, Iterable, Mapping, Sequence
 
-import orjson
 from prometheus_client import Counter
 from twisted.web import http
 from twisted.internet.defer import Deferred
@@ -26,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .domain.auth import AuthRefused
 from .domain.client import AUTH, BadMessage, Client
 from .protocol import client_address
-from .web import JSONResource, error_response, json_response
+from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
 
 MAX_USER_LENGTH = 128
 NOT_CONFIGURED = "TURN is not configured"
@@ -115,13 +114,6 @@ class _NonceCheck(Exception):
         self.device_id = device_id
 
 
-class RequestError(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _request_params(request: Request, max_body: int) -> dict[str, Any]:
     """Query (and form-encoded body) arguments, then JSON body fields on top."""
     params: dict[str, Any] = {}
@@ -130,22 +122,12 @@ def _request_params(request: Request, max_body: int) -> dict[str, Any]:
             try:
                 params[name.decode("utf-8")] = values[0].decode("utf-8")
             except UnicodeDecodeError:
-                raise RequestError(http.BAD_REQUEST, "arguments must be UTF-8") from None
-    content = getattr(request, "content", None)
-    if request.method == b"POST" and content is not None:
-        content.seek(0)
-        body = content.read(max_body + 1)
-        if len(body) > max_body:
-            raise RequestError(http.REQUEST_ENTITY_TOO_LARGE, f"request body larger than {max_body} bytes")
+                raise HTTPError(http.BAD_REQUEST, "arguments must be UTF-8") from None
+    if request.method == b"POST":
+        body = read_body(request, max_body)
         ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if body.strip() and (ctype == b"application/json" or body.lstrip()[:1] == b"{"):
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise RequestError(http.BAD_REQUEST, "invalid JSON body") from None
-            if not isinstance(data, dict):
-                raise RequestError(http.BAD_REQUEST, "the JSON body must be an object")
-            params.update(data)
+            params.update(parse_json_object(body))
     return params
 
 
@@ -157,7 +139,7 @@ def _token_fields(params: Mapping[str, Any], max_id: int) -> tuple[str, int, str
             and isinstance(nonce, str) and 0 < len(nonce) <= max_id
             and isinstance(token, str) and 0 < len(token) <= 128
             and isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= 2**53):
-        raise RequestError(http.BAD_REQUEST, "token auth needs device_id, timestamp (whole seconds), "
+        raise HTTPError(http.BAD_REQUEST, "token auth needs device_id, timestamp (whole seconds), "
                                              "nonce and token")
     return device_id, timestamp, nonce, token
 
@@ -171,18 +153,8 @@ class TurnResource(JSONResource):
 
     # --- CORS
 
-    def _cors(self, request: Request, settings) -> None:
-        origins = settings.cors_origins
-        if "*" in origins:
-            request.setHeader(b"access-control-allow-origin", b"*")
-            return
-        request.setHeader(b"vary", b"Origin")
-        origin = request.getHeader(b"origin")
-        if origin is not None and origin.decode("latin-1") in origins:
-            request.setHeader(b"access-control-allow-origin", origin)
-
     def render_OPTIONS(self, request: Request) -> bytes:
-        self._cors(request, self.node.settings)
+        apply_cors(request, self.node.settings.cors_origins)
         request.setResponseCode(http.NO_CONTENT)
         request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
         request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
@@ -200,7 +172,7 @@ class TurnResource(JSONResource):
     def _issue(self, request: Request) -> bytes:
         node = self.node
         settings = node.settings  # read per request: a reload applies at once
-        self._cors(request, settings)
+        apply_cors(request, settings.cors_origins)
         if not settings.turn_secrets:
             return error_response(request, http.NOT_FOUND, NOT_CONFIGURED)
         peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
@@ -209,9 +181,9 @@ class TurnResource(JSONResource):
             params = _request_params(request, settings.session_body_max_bytes)
             service = params.get("service")
             if service is not None and service != "turn":
-                raise RequestError(http.BAD_REQUEST, "unsupported service: only 'turn' is served")
+                raise HTTPError(http.BAD_REQUEST, "unsupported service: only 'turn' is served")
             device_id = self._authenticate(request, params, address)
-        except RequestError as e:
+        except HTTPError as e:
             return self._error(request, e)
         except _NonceCheck as check:  # the nonce is checked in Redis: answer when it has
             d = Deferred.fromCoroutine(check.pending)
@@ -228,7 +200,7 @@ class TurnResource(JSONResource):
     def _refused_later(self, failure, request: Request, address: str, device_id: str) -> bytes:
         refused = failure.trap(AuthRefused) and failure.value
         self._refused(address, refused.reason, device_id)
-        return self._error(request, RequestError(http.UNAUTHORIZED, refused.message))
+        return self._error(request, HTTPError(http.UNAUTHORIZED, refused.message))
 
     @staticmethod
     def _write(body: bytes, request: Request) -> None:
@@ -237,7 +209,7 @@ class TurnResource(JSONResource):
             request.finish()
 
     @staticmethod
-    def _error(request: Request, e: RequestError) -> bytes:
+    def _error(request: Request, e: HTTPError) -> bytes:
         if e.code == http.UNAUTHORIZED:
             request.setHeader(b"www-authenticate", b'Bearer realm="sscontrol"')
         return error_response(request, e.code, e.message)
@@ -247,7 +219,7 @@ class TurnResource(JSONResource):
         try:
             user = pick_user(settings, device_id, params.get("username"))
         except ValueError as e:
-            return self._error(request, RequestError(http.BAD_REQUEST, str(e)))
+            return self._error(request, HTTPError(http.BAD_REQUEST, str(e)))
         credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
                                         settings.turn_uris, node.clock.seconds())
         CREDENTIALS_ISSUED.labels(via="http").inc()
@@ -257,7 +229,7 @@ class TurnResource(JSONResource):
 
     def _authenticate(self, request: Request, params: Mapping[str, Any], address: str) -> str | None:
         """None when the caller is let in without a device (auth off, or an API key);
-        the device id when it authenticated with an HMAC token. Raises RequestError."""
+        the device id when it authenticated with an HMAC token. Raises HTTPError."""
         node = self.node
         authenticator = node.authenticator
         if not authenticator.enabled:
@@ -269,7 +241,7 @@ class TurnResource(JSONResource):
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 self._refused(address, "bad_authorization_header")
-                raise RequestError(http.UNAUTHORIZED, "authentication failed: use 'Authorization: Bearer <api key>'")
+                raise HTTPError(http.UNAUTHORIZED, "authentication failed: use 'Authorization: Bearer <api key>'")
             given = value.strip()
         else:
             for name in ("key", "api"):
@@ -279,7 +251,7 @@ class TurnResource(JSONResource):
         if given is not None:
             if not isinstance(given, str) or not api_key_matches(keys, given):
                 self._refused(address, "bad_api_key")
-                raise RequestError(http.UNAUTHORIZED, "authentication failed: invalid API key")
+                raise HTTPError(http.UNAUTHORIZED, "authentication failed: invalid API key")
             AUTH.labels("accepted", "api_key").inc()
             return None
         if any(name in params for name in _TOKEN_FIELDS):
@@ -288,13 +260,13 @@ class TurnResource(JSONResource):
                 pending = authenticator.verify(device_id, timestamp, nonce, token)
             except AuthRefused as refused:
                 self._refused(address, refused.reason, device_id)
-                raise RequestError(http.UNAUTHORIZED, refused.message) from None
+                raise HTTPError(http.UNAUTHORIZED, refused.message) from None
             if pending is not None:
                 raise _NonceCheck(pending, device_id)
             AUTH.labels("accepted", "token").inc()
             return device_id
         self._refused(address, "missing_credentials")
-        raise RequestError(http.UNAUTHORIZED, "authentication required: an API key "
+        raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key "
                                               "(Authorization: Bearer, key= or api=) or an HMAC token")
 
     def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:

@@ -46,6 +46,52 @@ def error_response(request: Request, code: int, message: str) -> bytes:
     return json_response(request, code, {"success": False, "error": message})
 
 
+class HTTPError(Exception):
+    """A request refused with ``code`` and a JSON error ``message``."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (by Content-Length or
+    by what actually came)."""
+    length = request.getHeader(b"content-length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise HTTPError(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+    content = getattr(request, "content", None)
+    if content is None:
+        return b""
+    content.seek(0)
+    data = content.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPError(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+    return data
+
+
+def parse_json_object(data: bytes) -> dict:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise HTTPError(http.BAD_REQUEST, "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPError(http.BAD_REQUEST, "body must be a JSON object")
+    return body
+
+
+def apply_cors(request: Request, origins) -> None:
+    """Access-Control-Allow-Origin for ``origins`` ("*" or a list of exact origins)."""
+    if "*" in origins:
+        request.setHeader(b"access-control-allow-origin", b"*")
+        return
+    request.setHeader(b"vary", b"Origin")
+    origin = request.getHeader(b"origin")
+    if origin is not None and origin.decode("latin-1") in origins:
+        request.setHeader(b"access-control-allow-origin", origin)
+
+
 class JSONResource(Resource):
     """A leaf that answers JSON, 405 (JSON) for methods it lacks, and HEAD like GET."""
 

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from redisserver import redis_server  # noqa: F401  (fixture)
 from test_redis import wait_ready
 from wsclient import connect
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
 
 from conftest import http, http_json
-from redisserver import RedisServer, redis_server  # noqa: F401  (fixture)
+from redisserver import RedisServer
 from test_admin import scrape, value
 from test_lifecycle import NotifySocket
 from wsclient import auth_message, connect

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import Daemon, http_json
-from redisserver import RedisServer, redis_server  # noqa: F401  (fixture)
+from redisserver import RedisServer
 from test_redis import wait_ready
 from test_rest_api import CANDIDATE, assert_error, call, offer_body
 

@@ -14,7 +14,6 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from redisserver import redis_server  # noqa: F401  (fixture)
 from test_redis import wait_ready
 from wsclient import connect
 

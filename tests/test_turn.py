@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from conftest import http, http_json
-from coturn import allocate, coturn_factory  # noqa: F401  (a fixture)
+from coturn import allocate
 from sscontrold import config
 from sscontrold.domain.client import BadMessage
 from sscontrold.logging import Events
