@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8443
 
-.PHONY: run test unit-test system-deps deb system-test bench soak clean
+.PHONY: run test unit-test system-deps deb system-test bench clean
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,6 @@ unit-test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test: unit-test
-
-# Scenarios kept out of make test (see the soak marker in setup.cfg).
-soak: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

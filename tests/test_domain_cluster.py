@@ -212,3 +212,32 @@ def test_resume_on_another_node_keeps_order_and_causes_no_churn(nodes):
                     and m.get("peer_id") == "viewer"]
     assert shared.rooms["r"]["viewer"] == "n2" and shared.tokens[token]["node"] == "n2"
     assert h1.room_of(viewer) is None and h1.held_count == 0
+
+
+def test_a_peer_that_moved_in_is_not_also_remembered_at_its_old_node(nodes):
+    shared, h1, h2 = nodes
+    h3 = shared.hubs["n3"]
+    a, b = M("a"), M("b")
+    run(h1.join(a, "r"))
+    run(h2.join(b, "r"))
+    shared.flush()
+    token = h1.resume_token(a)
+    h1.detach(a)
+    newer = M("a2")
+    d = Deferred.fromCoroutine(h2.resume(token, newer))  # a moves to b's node
+    shared.flush()
+    assert d.called
+    # b's node now holds both; when b moves on, its handover must say a is on n2
+    token_b = h2.resume_token(b)
+    h2.detach(b)
+    h3_member = M("b2")
+    Deferred.fromCoroutine(h3.resume(token_b, h3_member))
+    shared.queue_snapshot = list(shared.queue)
+    handovers = []
+    while shared.queue:
+        node, event = shared.queue.pop(0)
+        if event["op"] == "handover":
+            handovers.append(event)
+        shared.hubs[node].on_event(event)
+    assert handovers[-1]["members"] == {"a": "n2"}
+    assert h3._moving == {}  # no marker awaited from a node that no longer has anything

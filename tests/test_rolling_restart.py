@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 
-import pytest
 from websockets.exceptions import ConnectionClosed
 
 from test_redis import wait_ready
@@ -91,7 +90,6 @@ class Endpoint:
             self.error = e
 
 
-@pytest.mark.soak  # not yet in `make test`: about 1 run in 6 loses or reorders one message
 def test_rolling_restart_loses_nothing(daemon_factory, redis_server, tmp_path):
     redis = redis_server()
 
@@ -137,7 +135,7 @@ def test_rolling_restart_loses_nothing(daemon_factory, redis_server, tmp_path):
     all_nodes = nodes_started
     for e in endpoints:
         if e.received != list(range(partner[e].sent)):
-            with open(tmp_path / "rolling-restart.log", "w") as f:  # the nodes' logs, for the diagnosis
+            with open(tmp_path / "rolling-restart.log", "w") as f:  # the nodes' logs, for the diagnosis  # the nodes' logs, for the diagnosis
                 f.write(f"{e.name} {e.peer_id} partner {partner[e].name} {partner[e].peer_id}\n")
                 missing = sorted(set(range(partner[e].sent)) - set(e.received))
                 f.write(f"missing {missing}\n")

@@ -203,8 +203,8 @@ class ClusterHub(Hub):
         self._peer_of.pop(token, None)
         del room[peer_id]
         del self._room_of[peer_id]
-        members = {pid: self.store.node_id for pid in room}
-        members.update({pid: node for pid, node in self._remote.get(room_id, {}).items() if pid != peer_id})
+        members = {pid: node for pid, node in self._remote.get(room_id, {}).items() if pid != peer_id}
+        members.update({pid: self.store.node_id for pid in room})  # local members are local
         if room:
             self._remote.setdefault(room_id, {})[peer_id] = new_node
         else:
@@ -249,6 +249,7 @@ class ClusterHub(Hub):
         self._peer_of[token] = peer_id
         room = self._rooms[room_id]
         remote = self._remote.setdefault(room_id, {})
+        remote.pop(peer_id, None)  # it is local now, whatever this node believed before
         for pid, node in event["members"].items():
             if pid not in room and node != self.store.node_id:
                 remote[pid] = node
