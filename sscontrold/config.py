@@ -352,6 +352,9 @@ def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
             fail("redis_url", "expected redis://HOST[:PORT][/DB] or rediss://...")
         if parts.path not in ("", "/") and not parts.path.lstrip("/").isdigit():
             fail("redis_url", "the path must be a database number")
+        if parts.password and sources["redis_url"].startswith("command line"):
+            fail("redis_url", "a password on the command line is visible to every user: "
+                              "use redis_password_file or the systemd credential redis_password")
 
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         missing = "tls_key" if values["tls_cert"] else "tls_cert"

@@ -71,6 +71,9 @@ def test_api_keys_from_env_file_and_systemd_credentials(tmp_path):
     (({"max_frame_bytes": "100000"}, {}), "invalid setting max_frame_bytes from command line --max-frame-bytes: "
                                           "must not exceed max_message_bytes"),
     (({}, {"SSCONTROL_TURN_SECRETS": "s"}), "invalid setting turn_uris from the built-in default: must be set"),
+    (({"redis_url": "redis://:hunter2@127.0.0.1:6379"}, {}), "invalid setting redis_url from command line "
+                                                           "--redis-url: a password on the command line"),
+    (({"redis_url": "http://127.0.0.1"}, {}), "expected redis://HOST"),
     (({"api_key_file": "/nonexistent/keys"}, {}), "invalid setting api_key_file from command line --api-key-file: "
                                                   "cannot read /nonexistent/keys"),
 ])

@@ -383,3 +383,23 @@ def test_keepalive_drops_dead_peers(daemon_factory):
     assert a.recv(timeout=10) == {"type": "peer_left", "peer_id": raw_id}
     time.sleep(3)
     assert a.request({"type": "join", "room_id": "r"})["type"] == "peers"
+
+
+def test_client_address_from_a_trusted_proxy_only(daemon_factory):
+    spoof = {"X-Forwarded-For": "203.0.113.9"}
+    plain = daemon_factory("--max-connections-per-ip", "1")
+    first = connect(plain.ws, additional_headers=spoof)
+    with pytest.raises(InvalidStatus):  # the header is not believed: both count as 127.0.0.1
+        connect(plain.ws, additional_headers={"X-Forwarded-For": "198.51.100.7"})
+    first.close()
+    assert "203.0.113.9" not in plain.log()
+
+    proxied = daemon_factory("--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "1")
+    a = connect(proxied.ws, additional_headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
+    b = connect(proxied.ws, additional_headers={"X-Forwarded-For": "203.0.113.10"})  # another client
+    with pytest.raises(InvalidStatus):
+        connect(proxied.ws, additional_headers={"X-Forwarded-For": "203.0.113.10"})  # per-address limit
+    a.join("r")
+    time.sleep(0.2)
+    assert "address=203.0.113.9" in proxied.log()  # the proxy's last hop, not what the client claimed first
+    b.close()
