@@ -3,6 +3,7 @@ daemon (a datagram socket of the test's own stands in for systemd's)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -244,3 +245,22 @@ def test_drain_ends_early_when_clients_leave(daemon_factory):
     assert d.proc.wait(10) in STOPPED_CLEANLY
     assert time.monotonic() - started < 5
     assert "drain.done" in d.log()
+
+
+# --- log lines
+
+
+def test_json_log_lines_and_levels(daemon_factory):
+    d = daemon_factory("--log-format", "json", "--log-level", "warn", env={"SSCONTROL_API_KEY": "k"})
+    p = connect(d.ws)
+    assert p.request(auth_message("k", "dev-json"))["type"] == "auth_success"
+    assert p.request(auth_message("wrong", "dev-json"))["type"] == "error"
+    p.close()
+    time.sleep(0.3)
+    records = [json.loads(line) for line in d.log().splitlines() if line.strip()]  # every line is JSON
+    assert records and all({"level", "event"} <= set(r) for r in records)
+    refused = [r for r in records if r["event"] == "auth.refused"]
+    assert refused and refused[0]["level"] == "warn" and refused[0]["device_id"] == "dev-json"
+    assert refused[0]["reason"] == "bad_token" and refused[0]["address"] == "127.0.0.1"
+    # warn and above only: the accepted auth (info) is not logged
+    assert not [r for r in records if r["event"] in ("auth.accepted", "connection.open")]

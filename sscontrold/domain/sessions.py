@@ -95,7 +95,7 @@ class SessionLimits:
     ttl_default: int = 300
     ttl_max: int = 3600
     max_attempts: int = 3
-    max_count: int = 10000
+    max_count: int = 2000
     max_sdp_bytes: int = 60000
     max_candidate_bytes: int = 2048
     max_mid_length: int = 128
