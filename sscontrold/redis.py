@@ -33,8 +33,8 @@ events = Events()
 log = Logger(namespace="sscontrold.redis")
 
 
-class RedisUnavailable(Exception):
-    pass
+class RedisUnavailable(ClusterUnavailable):
+    """Redis did not answer in time (or the link is down)."""
 
 
 class RedisLink(Service):
@@ -299,9 +299,32 @@ class RedisCluster(Service):
     def _reregister(self):
         """After (re)connecting: put this node's members back and, once the other
         nodes have done the same, bring the mirrors in line."""
-        if self.hub is None or not self.hub.local_members():
+        if self.hub is None:
             return
-        for room_id, peer_id, token in self.hub.local_members():
+        local = self.hub.local_members()
+        # Members that left while Redis was away are still listed under this node: let
+        # them go now (and tell the other nodes), so no one keeps a ghost.
+        try:
+            listed = yield self.link.call("smembers", self._members_key)
+        except RedisUnavailable:
+            return
+        here = {(room_id, peer_id) for room_id, peer_id, _ in local}
+        for entry in listed or ():
+            room_id, peer_id, token = orjson.loads(entry)
+            if (room_id, peer_id) in here:
+                continue
+            try:
+                remaining = yield self.leave(room_id, peer_id, token)
+            except RedisUnavailable:
+                return
+            for node in {n for n in remaining.values() if n != self.node_id}:
+                try:
+                    self.publish(node, {"op": "left", "room": room_id, "peer": peer_id})
+                except ClusterUnavailable:
+                    return
+        if not local:
+            return
+        for room_id, peer_id, token in local:
             try:
                 members = yield self.join(room_id, peer_id, token, None)
             except RedisUnavailable:

@@ -110,18 +110,60 @@ def test_redis_restart_local_service_continues_and_cluster_recovers(cluster):
     assert a.recv()["sdp"] == "local during the outage"
     reply = a.request({"type": "offer", "to": b_id, "sdp": "remote during the outage"})
     assert reply["code"] == "cluster_unavailable"
+    local.close()  # leaves while Redis is away: its own node says so at once...
+    assert a.recv() == {"type": "peer_left", "peer_id": local_id}
     redis.proc = None
     redis.start()  # empty: every node puts its members back
     for d in (n1, n2):
         wait_ready(d, 200, timeout=15)
     deadline = time.monotonic() + 15
+    seen_by_b = []
     while True:  # cross-node relay works again once the nodes are back in Redis
         a.send({"type": "offer", "to": b_id, "sdp": "after"})
         try:
-            assert b.recv(timeout=0.5)["sdp"] == "after"
-            break
+            message = b.recv(timeout=0.5)
+            seen_by_b.append(message)
+            if message.get("sdp") == "after":
+                break
         except TimeoutError:
             a.nothing(0.1)  # the refusal, if that is what it got
             assert time.monotonic() < deadline, "the cluster did not recover"
-    a.send({"type": "offer", "to": local_id, "sdp": "still local"})
-    assert local.recv()["sdp"] == "still local"
+    # ...and the other node hears of the leave once Redis is back, exactly once
+    seen_by_b += drain_messages(b, 5)
+    left = [m for m in seen_by_b if m.get("type") == "peer_left"]
+    assert left == [{"type": "peer_left", "peer_id": local_id}]
+    assert "Traceback" not in n1.log()
+
+
+def drain_messages(peer, seconds: float) -> list[dict]:
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            got.append(peer.recv(timeout=max(0.05, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+    return got
+
+
+def test_a_leave_during_a_redis_stall_reaches_the_other_nodes_after_it(daemon_factory, redis_server):
+    redis = redis_server()
+    nodes = [daemon_factory("--redis-timeout", "0.5", "--cluster-lease", "6", "--resume-grace", "0",
+                            env={"SSCONTROL_REDIS_URL": redis.url}) for _ in range(2)]
+    for d in nodes:
+        wait_ready(d, 200)
+    a, leaver, b = connect(nodes[0].ws), connect(nodes[0].ws), connect(nodes[1].ws)
+    a.join("r")
+    leaver_id = leaver.join("r")["peer_id"]
+    b.join("r")
+    drain_messages(a, 0.5)
+    drain_messages(b, 0.5)
+    redis.proc.send_signal(signal.SIGSTOP)  # Redis hangs but keeps its data
+    try:
+        wait_ready(nodes[0], 503)
+        leaver.close()
+        assert a.recv() == {"type": "peer_left", "peer_id": leaver_id}
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    wait_ready(nodes[0], 200)
+    left = [m for m in drain_messages(b, 6) if m.get("type") == "peer_left"]
+    assert left == [{"type": "peer_left", "peer_id": leaver_id}]  # no ghost left behind in Redis

@@ -149,9 +149,9 @@ def test_reload_swaps_certificate_and_keys_without_dropping(daemon_factory, tmp_
     keys.write_text("old-key\n")
     d = daemon_factory("--api-key-file", str(keys),
                        env={"SSCONTROL_TLS_CERT": str(cert), "SSCONTROL_TLS_KEY": str(key)}, tls=True)
-    ctx = pki.client_context()
-    assert leaf_serial(d.port, ctx) == leaf_a.serial_number
-    a, b = connect(d.ws, ssl=ctx), connect(d.ws, ssl=ctx)
+    ctx = pki.client_context  # a new context per connection: client threads must not share one
+    assert leaf_serial(d.port, ctx()) == leaf_a.serial_number
+    a, b = connect(d.ws, ssl=ctx()), connect(d.ws, ssl=ctx())
     for p in (a, b):
         assert p.request(auth_message("old-key"))["type"] == "auth_success"
     a.join("r")
@@ -164,10 +164,10 @@ def test_reload_swaps_certificate_and_keys_without_dropping(daemon_factory, tmp_
     keys.write_text("new-key\n")
     d.signal(signal.SIGHUP)
     wait_log(d, "reload.done")
-    assert leaf_serial(d.port, ctx) == leaf_b.serial_number
+    assert leaf_serial(d.port, ctx()) == leaf_b.serial_number
     a.send({"type": "offer", "to": b_id, "sdp": "over the old connection"})
     assert b.recv()["sdp"] == "over the old connection"  # nothing was dropped
-    c = connect(d.ws, ssl=ctx)
+    c = connect(d.ws, ssl=ctx())
     assert c.request(auth_message("old-key"))["type"] == "error"
     assert c.request(auth_message("new-key"))["type"] == "auth_success"
 
@@ -176,7 +176,7 @@ def test_reload_swaps_certificate_and_keys_without_dropping(daemon_factory, tmp_
     d.signal(signal.SIGHUP)
     wait_log(d, "reload.failed")
     assert "tls_cert" in d.log().split("reload.failed", 1)[1].splitlines()[0]
-    assert leaf_serial(d.port, ctx) == leaf_b.serial_number
+    assert leaf_serial(d.port, ctx()) == leaf_b.serial_number
     a.send({"type": "offer", "to": b_id, "sdp": "still here"})
     assert b.recv()["sdp"] == "still here"
     assert "new-key" not in d.log() and "old-key" not in d.log()

@@ -35,9 +35,10 @@ def handshake(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
 
 
 def test_wss_with_full_chain_auth_join_relay(tls_daemon, pki):
-    ctx = pki.client_context()  # trusts only the root: works only if the chain is sent
-    a = connect(tls_daemon.ws, ssl=ctx)
-    b = connect(tls_daemon.ws, ssl=ctx)
+    # Each connection gets its own context (trusting only the root: it works only if the
+    # chain is sent); the websockets client's reader threads must not share one.
+    a = connect(tls_daemon.ws, ssl=pki.client_context())
+    b = connect(tls_daemon.ws, ssl=pki.client_context())
     for p in (a, b):
         assert p.request(auth_message("k"))["type"] == "auth_success"
     a.join("r")
@@ -45,7 +46,7 @@ def test_wss_with_full_chain_auth_join_relay(tls_daemon, pki):
     assert a.recv()["peer_id"] == b_id
     a.send({"type": "offer", "to": b_id, "sdp": "v=0"})
     assert b.recv()["sdp"] == "v=0"
-    status, _, body = http("GET", tls_daemon.base + "/health", context=ctx)
+    status, _, body = http("GET", tls_daemon.base + "/health", context=pki.client_context())
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 

@@ -126,7 +126,11 @@ class ClusterHub(Hub):
         self._spawn(self._leave(room_id, peer_id, token or ""))
 
     async def _leave(self, room_id: str, peer_id: str, token: str) -> None:
-        remaining = await self.store.leave(room_id, peer_id, token)
+        try:
+            remaining = await self.store.leave(room_id, peer_id, token)
+        except ClusterUnavailable:  # put right when the store is back (re-registration)
+            self._events.emit("warn", "cluster.leave_deferred", peer_id=peer_id)
+            return
         for node in {n for n in remaining.values() if n != self.store.node_id}:
             self._tell(node, {"op": "left", "room": room_id, "peer": peer_id})
 

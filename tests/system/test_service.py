@@ -130,9 +130,9 @@ def test_reload_with_a_new_certificate_keeps_connections(tls_service):
     c = tls_service
     first = c.deploy_certificate("first")
     restart(c)
-    ctx = c.pki.client_context()
-    assert served_serial(c, ctx) == first.serial_number
-    a, b = connect(ws_url(c, tls=True), ssl=ctx), connect(ws_url(c, tls=True), ssl=ctx)
+    ctx = c.pki.client_context  # a new context per connection: client threads must not share one
+    assert served_serial(c, ctx()) == first.serial_number
+    a, b = connect(ws_url(c, tls=True), ssl=ctx()), connect(ws_url(c, tls=True), ssl=ctx())
     a.join("r")
     b_id = b.join("r")["peer_id"]
     a.recv()
@@ -143,7 +143,7 @@ def test_reload_with_a_new_certificate_keeps_connections(tls_service):
     c.ctl("reload", UNIT)
     sysharness.wait_for(lambda: "reload.done" in c.journal(cursor=cursor), timeout=10)
     assert c.main_pid() == pid and c.is_active() == "active"
-    assert served_serial(c, ctx) == renewed.serial_number  # new connections: the new certificate
+    assert served_serial(c, ctx()) == renewed.serial_number  # new connections: the new certificate
     a.send({"type": "offer", "to": b_id, "sdp": "still connected"})  # old ones: untouched
     assert b.recv()["sdp"] == "still connected"
     assert b.nothing(0.3) and a.nothing(0.3)
