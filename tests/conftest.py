@@ -23,10 +23,23 @@ ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held open together while chosen, so no two are
+    the same)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
@@ -51,8 +64,7 @@ class Daemon:
     """A running ``twistd -n sscontrol-signaling`` process."""
 
     def __init__(self, tmp: Path, args: list[str], env: dict[str, str], tls: bool = False):
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port, self.admin_port = free_ports(2)
         self.tls = tls
         self.log_path = tmp / f"daemon-{self.port}.log"
         self.argv = [TWISTD, "--nodaemon", "--pidfile=", "--logger", "sscontrold.logging.observer",
