@@ -46,6 +46,7 @@ class RedisLink(Service):
         self.timeout = timeout
         self.clock = clock
         self.up = False
+        self.outages = 0  # how many times the link went down: lets users notice a short outage
         self._address = f"{parts.hostname}:{parts.port or 6379}"
         dbid = int(parts.path.lstrip("/")) if parts.path.lstrip("/") else None
         password = password or (unquote(parts.password) if parts.password else None)
@@ -85,6 +86,8 @@ class RedisLink(Service):
     def _set_up(self, up: bool, why: str = "") -> None:
         if up != self.up:
             self.up = up
+            if not up:
+                self.outages += 1
             REDIS_UP.set(1 if up else 0)
             if up:
                 events.emit("info", "redis.up", address=self._address)
@@ -225,7 +228,7 @@ class RedisCluster(Service):
         self._loops = [LoopingCall(self._renew_lease), LoopingCall(self._sweep)]
         for loop in self._loops:
             loop.clock = link.clock
-        self._was_up = False
+        self._registered_after = None  # link.outages when this node last registered its members
 
     @property
     def available(self) -> bool:
@@ -289,16 +292,19 @@ class RedisCluster(Service):
             yield self.link.call("set", f"{self._channel}:alive", "1", pexpire=int(self.lease * 1000))
             yield self.link.call("sadd", f"{p}nodes", self.node_id)
         except RedisUnavailable:
-            self._was_up = False
             return
-        if not self._was_up:
-            self._was_up = True
-            yield self._reregister()
+        # Any outage since the last registration, however short (even one this loop
+        # never saw), may have deferred a leave or lost a join: register again.
+        outages = self.link.outages
+        if self._registered_after != outages:
+            done = yield self._reregister()
+            if done:
+                self._registered_after = outages
 
     @inlineCallbacks
     def _reregister(self):
         """After (re)connecting: put this node's members back and, once the other
-        nodes have done the same, bring the mirrors in line."""
+        nodes have done the same, bring the mirrors in line. True once all is done."""
         if self.hub is None:
             return
         local = self.hub.local_members()
@@ -318,12 +324,13 @@ class RedisCluster(Service):
             except RedisUnavailable:
                 return
             for node in {n for n in remaining.values() if n != self.node_id}:
-                try:
-                    self.publish(node, {"op": "left", "room": room_id, "peer": peer_id})
-                except ClusterUnavailable:
+                try:  # not publish(): the link may not have noticed yet that Redis is back
+                    yield self.link.call("publish", f"{self.link.prefix}node:{node}",
+                                         orjson.dumps({"op": "left", "room": room_id, "peer": peer_id}).decode())
+                except RedisUnavailable:
                     return
         if not local:
-            return
+            return True
         for room_id, peer_id, token in local:
             try:
                 members = yield self.join(room_id, peer_id, token, None)
@@ -331,10 +338,12 @@ class RedisCluster(Service):
                 return
             for node in {n for n in members.values() if n != self.node_id}:
                 try:
-                    self.publish(node, {"op": "joined", "room": room_id, "peer": peer_id, "node": self.node_id})
-                except ClusterUnavailable:
+                    yield self.link.call("publish", f"{self.link.prefix}node:{node}", orjson.dumps(
+                        {"op": "joined", "room": room_id, "peer": peer_id, "node": self.node_id}).decode())
+                except RedisUnavailable:
                     return
         self.link.clock.callLater(self.lease * 1.5, self._reconcile)
+        return True
 
     @inlineCallbacks
     def _reconcile(self):
