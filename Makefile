@@ -32,7 +32,7 @@ run: $(STAMP)
 	@echo "sscontrol-signaling on ws://$(HOST):$(PORT)/ (in-memory state, auth off)."
 	@echo "  connect: python -m websockets ws://$(HOST):$(PORT)/ws   then send {\"type\":\"join\",\"room_id\":\"demo\"}"
 	@echo "  health:  curl http://$(HOST):$(PORT)/health    metrics: curl http://127.0.0.1:9464/metrics"
-	$(BIN)/twistd --nodaemon --pidfile= sscontrol-signaling --host $(HOST) --port $(PORT)
+	$(BIN)/twistd --nodaemon --pidfile= --reactor sscontrol-epoll sscontrol-signaling --host $(HOST) --port $(PORT)
 
 unit-test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -160,7 +160,7 @@ class Server:
             empty = work / "empty.conf"
             empty.touch()
             cmd = twistd() + [
-                "-n", "--pidfile=", "sscontrol-signaling", "--config", str(empty),
+                "-n", "--pidfile=", "--reactor", "sscontrol-epoll", "sscontrol-signaling", "--config", str(empty),
                 "--host", "127.0.0.1", "--port", str(self.port), "--admin-enabled", "false",
                 # no limit may interfere with the measurement
                 "--max-connections", "1000000", "--max-connections-per-ip", "1000000",

@@ -30,6 +30,7 @@ LEVELS = {
     "error": LogLevel.error,
     "critical": LogLevel.critical,
 }
+_RANK = {name: rank for rank, name in enumerate(LEVELS)}
 _SYSLOG_PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
 
 _log = Logger(namespace="sscontrold")
@@ -42,6 +43,8 @@ class Events:
     """
 
     def emit(self, level: str, event: str, **fields: Any) -> None:
+        if _RANK[level] < _config["rank"]:
+            return  # filtered out anyway: skip building the event
         fields = {k: v for k, v in fields.items() if v is not None}
         _log.emit(LEVELS[level], "{sscontrol_event}", sscontrol_event=event, sscontrol_fields=fields)
 
@@ -94,12 +97,14 @@ class LineObserver:
 
 
 # Set by makeService and by reload, read by the observer.
-_config = {"level": "info", "format": "text"}
+_config = {"level": "info", "format": "text", "rank": _RANK["info"]}
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 
 
 def configure(level: str, fmt: str) -> None:
     _config["format"] = fmt
+    _config["level"] = level
+    _config["rank"] = _RANK[level]
     _predicate.setLogLevelForNamespace("", LEVELS[level])
 
 

@@ -67,7 +67,8 @@ class Daemon:
         self.port, self.admin_port = free_ports(2)
         self.tls = tls
         self.log_path = tmp / f"daemon-{self.port}.log"
-        self.argv = [TWISTD, "--nodaemon", "--pidfile=", "--logger", "sscontrold.logging.observer",
+        self.argv = [TWISTD, "--nodaemon", "--pidfile=", "--reactor", "sscontrol-epoll",
+                     "--logger", "sscontrold.logging.observer",
                      "sscontrol-signaling", "--host", "127.0.0.1", "--port", str(self.port),
                      "--admin-port", str(self.admin_port), *args]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}

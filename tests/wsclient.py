@@ -99,18 +99,30 @@ class RawPeer:
         self.status = int(status_line.split()[1])
         self.buffer = head.split(b"\r\n\r\n", 1)[1]
 
-    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
-        mask = os.urandom(4)
-        head = bytes([(0x80 if fin else 0) | opcode])
+    @staticmethod
+    def frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, rsv: int = 0,
+              long_length: bool = False) -> bytes:
+        """A client frame as bytes (``long_length``: a 16-bit length even when 7 bits do,
+        which RFC 6455 forbids)."""
+        head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+        mask_bit = 0x80 if masked else 0
         n = len(payload)
-        if n < 126:
-            head += bytes([0x80 | n])
+        if n < 126 and not long_length:
+            head += bytes([mask_bit | n])
         elif n < 65536:
-            head += bytes([0x80 | 126]) + struct.pack("!H", n)
+            head += bytes([mask_bit | 126]) + struct.pack("!H", n)
         else:
-            head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(head + mask + masked)
+            head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
+        if not masked:
+            return head + payload
+        mask = os.urandom(4)
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        self.sock.sendall(self.frame(opcode, payload, fin))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
     def send_json(self, message: dict) -> None:
         self.send_frame(0x1, json.dumps(message).encode())

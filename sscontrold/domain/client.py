@@ -17,12 +17,14 @@ from typing import Any, Callable, Protocol
 import orjson
 from prometheus_client import Counter
 
+from ..metrics import MessageCounter
 from .auth import Authenticator, AuthRefused
 from .cluster import ClusterUnavailable
 from .limits import TokenBucket
 from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
+CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 
@@ -30,10 +32,18 @@ MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
 
 MAX_WAITING = 64  # messages kept in order behind a step that waits on Redis
 
-MESSAGES = Counter("sscontrol_messages_total", "WebSocket messages received, by type "
-                   "(invalid, unknown and rate_limited for the ones refused before dispatch).", ["type"])
+MESSAGES = MessageCounter("sscontrol_messages_total", "WebSocket messages received, by type "
+                          "(invalid, unknown and rate_limited for the ones refused before dispatch).", "type")
 ERRORS = Counter("sscontrol_errors_total", "Errors answered to clients and internal errors, by reason.", ["reason"])
 AUTH = Counter("sscontrol_auth_total", "Authentication attempts by result and reason.", ["result", "reason"])
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Connection(Protocol):
@@ -105,6 +115,7 @@ class Client:
         self.closed = False
         self.relayed = False  # whether the last message received was delivered to a peer
         self._released = False  # asked to reconnect; its connection is still closing
+        self._closing = False  # closed by the server for cause
         self._auth_failures = 0
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
         self._extensions = extensions or {}
@@ -125,6 +136,7 @@ class Client:
         self.send({"type": "error", "message": message, "code": code})
 
     def close(self, code: int, reason: str) -> None:
+        self._closing = True  # what the peer sends during the close handshake is ignored
         if not self.closed:
             self.connection.close(code, reason)
 
@@ -134,6 +146,8 @@ class Client:
         """Handle one WebSocket message; return its type label ("queued" if it waits
         behind a step that is still under way, to keep the client's order)."""
         self.relayed = False
+        if self._closing:
+            return "closing"
         if self._waiting is not None:
             if len(self._waiting) >= MAX_WAITING:
                 self.close(CLOSE_POLICY_VIOLATION, "too many messages while the server was busy")
@@ -141,7 +155,7 @@ class Client:
             self._waiting.append((payload, is_binary))
             return "queued"
         kind = self._dispatch(payload, is_binary)
-        MESSAGES.labels(kind).inc()
+        MESSAGES.counts[kind] += 1  # kinds are handler names and a few labels: a bounded set
         return kind
 
     def _dispatch(self, payload: bytes, is_binary: bool) -> str:
@@ -161,6 +175,12 @@ class Client:
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
+            # The transport leaves UTF-8 to the parser; a text message that is not
+            # UTF-8 breaks the WebSocket protocol itself (RFC 6455 8.1).
+            if not _is_utf8(payload):
+                ERRORS.labels("invalid_utf8").inc()
+                self.close(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+                return "invalid"
             self.send_error("invalid JSON", "bad_message")
             return "invalid"
         if not isinstance(message, dict):

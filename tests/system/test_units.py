@@ -36,7 +36,7 @@ def test_service_contract():
     for expected in (
         "Type=notify", "NotifyAccess=main", "WatchdogSec=10", "Restart=on-failure", "TimeoutStopSec=30",
         "ExecStart=/opt/venvs/sscontrol-signaling/bin/twistd --nodaemon --pidfile= "
-        "--logger sscontrold.logging.observer sscontrol-signaling",
+        "--reactor sscontrol-epoll --logger sscontrold.logging.observer sscontrol-signaling",
         "ExecReload=/bin/kill -HUP $MAINPID", "User=sscontrol-signaling", "Group=sscontrol-signaling",
         "EnvironmentFile=-/etc/default/sscontrol-signaling", "LimitNOFILE=65536", "MemoryMax=1G",
         "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
