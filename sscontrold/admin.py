@@ -6,11 +6,12 @@ import time
 from typing import Callable
 
 from prometheus_client import REGISTRY, Info, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web import http
 from twisted.web.server import Request, Site
 
-from . import __version__
+from . import __version__, cgroup  # noqa: F401 (cgroup: registers the cgroup memory collector)
 from .web import Health, JSONResource, JSONRoot, QuietSite, json_response
 
 BUILD_INFO = Info("sscontrol_build", "Version of the running daemon.")
@@ -40,6 +41,29 @@ class Readiness:
         return not self.failing()
 
 
+class ReadinessCollector:
+    """sscontrol_ready (1 when /ready would answer 200) and sscontrol_ready_check{check}
+    (1 passing, 0 failing), computed from the checks at each scrape: exactly what
+    /ready answers at that moment, whoever polls it or not."""
+
+    READY = ("sscontrol_ready", "1 when the node is ready (/ready answers 200), else 0.")
+    CHECK = ("sscontrol_ready_check", "Each readiness check behind /ready: 1 passing, 0 failing.")
+
+    def __init__(self, readiness: Readiness):
+        self._readiness = readiness
+
+    def describe(self):
+        return [GaugeMetricFamily(*self.READY), GaugeMetricFamily(*self.CHECK, labels=["check"])]
+
+    def collect(self):
+        results = self._readiness.results()
+        checks = GaugeMetricFamily(*self.CHECK, labels=["check"])
+        for name, result in sorted(results.items()):
+            checks.add_metric([name], 1 if result == "ok" else 0)
+        yield GaugeMetricFamily(*self.READY, value=1 if all(r == "ok" for r in results.values()) else 0)
+        yield checks
+
+
 class Ready(JSONResource):
     def __init__(self, readiness: Readiness):
         super().__init__()
@@ -62,9 +86,21 @@ class Live(JSONResource):
 
 
 class Metrics(JSONResource):
+    """The default registry, plus the collectors of this admin site (its readiness):
+    those belong to the service this site serves, not to the process."""
+
+    def __init__(self, *collectors):
+        super().__init__()
+        self._collectors = collectors
+
+    def collect(self):
+        yield from REGISTRY.collect()
+        for collector in self._collectors:
+            yield from collector.collect()
+
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(REGISTRY)
+        return generate_latest(self)
 
 
 class HealthSummary:
@@ -88,5 +124,5 @@ def admin_site(readiness: Readiness, health: HealthSummary, timeout: float) -> S
     root.putChild(b"health", Health(health))
     root.putChild(b"ready", Ready(readiness))
     root.putChild(b"live", Live())
-    root.putChild(b"metrics", Metrics())
+    root.putChild(b"metrics", Metrics(ReadinessCollector(readiness)))
     return QuietSite(root, timeout=timeout)

@@ -6,6 +6,7 @@ import random
 import signal
 from typing import Callable
 
+from prometheus_client import Gauge
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
@@ -13,6 +14,9 @@ from .config import ConfigError
 from .logging import Events
 
 events = Events()
+
+DRAINING = Gauge("sscontrol_draining", "1 once the node drains (it is stopping: refuses new clients, "
+                 "sends its clients elsewhere), else 0.")
 
 CLOSE_SERVICE_RESTART = 1012
 
@@ -90,6 +94,7 @@ class DrainingService(MultiService):
 def drain(node, factory, notifier, clock, deadline: float, spread: float = 5.0) -> Deferred:
     """Tell every connected client to go, and fire when all are gone or at ``deadline``."""
     node.draining = True
+    DRAINING.set(1)
     notifier.stopping(f"draining {len(factory.open_connections)} connections")
     events.emit("info", "drain.start", connections=len(factory.open_connections), deadline=deadline)
     for proto in list(factory.open_connections):

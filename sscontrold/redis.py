@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import weakref
 from urllib.parse import unquote, urlsplit
 
 import orjson
 import txredisapi
-from prometheus_client import Gauge
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -27,7 +29,32 @@ from .domain.auth import AuthRefused
 from .domain.cluster import ClusterUnavailable
 from .logging import Events
 
-REDIS_UP = Gauge("sscontrol_redis_up", "1 while this node reaches Redis (only with redis_url set).")
+
+class RedisUpCollector:
+    """sscontrol_redis_up, read from the links at each scrape: 1 while this node reaches
+    Redis, 0 while it does not (also before it ever has). Only a process with a
+    RedisLink (redis_url set) exports it: without Redis there is no sample, so
+    `sscontrol_redis_up == 0` means "configured and unreachable", nothing else."""
+
+    NAME = ("sscontrol_redis_up", "1 while this node reaches Redis, 0 while it does not; absent without redis_url.")
+
+    def __init__(self):
+        self._links: weakref.WeakSet[RedisLink] = weakref.WeakSet()
+
+    def add(self, link: RedisLink) -> None:
+        self._links.add(link)
+
+    def describe(self):
+        return [GaugeMetricFamily(*self.NAME)]
+
+    def collect(self):
+        links = list(self._links)
+        if links:
+            yield GaugeMetricFamily(*self.NAME, value=1 if all(link.up for link in links) else 0)
+
+
+REDIS_UP = RedisUpCollector()
+REGISTRY.register(REDIS_UP)
 
 events = Events()
 log = Logger(namespace="sscontrold.redis")
@@ -57,6 +84,7 @@ class RedisLink(Service):
             connectTimeout=timeout, replyTimeout=timeout)
         self._watch = LoopingCall(self._ping)
         self._watch.clock = clock
+        REDIS_UP.add(self)
 
     def check(self) -> str | None:
         """Readiness: None while Redis answers."""
@@ -88,7 +116,6 @@ class RedisLink(Service):
             self.up = up
             if not up:
                 self.outages += 1
-            REDIS_UP.set(1 if up else 0)
             if up:
                 events.emit("info", "redis.up", address=self._address)
             else:
@@ -96,7 +123,6 @@ class RedisLink(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        REDIS_UP.set(0)
         self._watch.start(1.0, now=True)
 
     def stopService(self):

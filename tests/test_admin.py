@@ -7,11 +7,14 @@ import json
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from conftest import http, http_json
+from conftest import free_port, http, http_json
+from redisserver import RedisServer
+from sscontrold.cgroup import read_memory
 from wsclient import auth_message, connect
 
 KEY = "admin-test-key-5f3a"
@@ -38,6 +41,11 @@ def value(text: str, name: str, **labels) -> float:
     return 0.0
 
 
+def present(text: str, name: str) -> bool:
+    """Whether the scrape has at least one sample of ``name`` (value() says 0 for none)."""
+    return re.search(rf"^{re.escape(name)}(?:\{{.*\}})? \S+$", text, re.M) is not None
+
+
 def test_live_ready_health_on_admin_and_public(daemon):
     assert http_json("GET", daemon.admin + "/live") == (200, {"status": "alive"})
     status, ready = http_json("GET", daemon.admin + "/ready")
@@ -50,6 +58,57 @@ def test_live_ready_health_on_admin_and_public(daemon):
     # the admin listener serves only the admin endpoints
     assert http("GET", daemon.admin + "/ws")[0] == 404
     assert http("GET", daemon.base + "/metrics")[0] == 404
+
+    # /ready as metrics, computed at the scrape
+    text = scrape(daemon)
+    assert value(text, "sscontrol_ready") == 1
+    for check in ("listener_public", "listener_admin", "draining"):
+        assert value(text, "sscontrol_ready_check", check=check) == 1
+    assert len(re.findall(r"^sscontrol_ready_check\{", text, re.M)) == 3
+    assert value(text, "sscontrol_draining") == 0 and present(text, "sscontrol_draining")
+    # no redis_url: no Redis gauge at all (not a 0 that would read as "Redis down")
+    assert not present(text, "sscontrol_redis_up")
+    # the cgroup's memory, as this test (the daemon's parent, same cgroup) reads it
+    memory = read_memory()
+    assert present(text, "sscontrol_memory_usage_bytes") == (memory.usage is not None)
+    if memory.usage is not None:
+        assert value(text, "sscontrol_memory_usage_bytes") > 0
+    assert present(text, "sscontrol_memory_limit_bytes") == (memory.limit is not None)
+    if memory.limit is not None:
+        assert value(text, "sscontrol_memory_limit_bytes") == memory.limit
+
+
+def test_ready_metrics_name_the_failing_check(daemon_factory, tmp_path):
+    closed = free_port()  # nothing listens there: Redis is unreachable
+    d = daemon_factory("--redis-timeout", "0.5", env={"SSCONTROL_REDIS_URL": f"redis://127.0.0.1:{closed}"})
+    deadline = time.monotonic() + 10
+    while http("GET", d.admin + "/ready")[0] != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    text = scrape(d)
+    assert value(text, "sscontrol_ready") == 0 and present(text, "sscontrol_ready")
+    assert value(text, "sscontrol_ready_check", check="redis") == 0 and present(text, "sscontrol_ready_check")
+    for check in ("listener_public", "listener_admin", "draining"):
+        assert value(text, "sscontrol_ready_check", check=check) == 1
+    # with redis_url set the gauge is there, at 0 while Redis has never answered
+    assert present(text, "sscontrol_redis_up") and value(text, "sscontrol_redis_up") == 0
+    # what /ready answers is what the gauges say
+    status, body = http_json("GET", d.admin + "/ready")
+    assert status == 503 and body["failing"] == ["redis"]
+
+    # Redis comes up on that port: the gauges follow, with nothing polling /ready
+    redis = RedisServer(tmp_path, None)
+    redis.port = closed
+    redis.start()
+    try:
+        deadline = time.monotonic() + 15
+        while value(text := scrape(d), "sscontrol_ready") != 1:
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        assert value(text, "sscontrol_ready_check", check="redis") == 1
+        assert value(text, "sscontrol_redis_up") == 1
+    finally:
+        redis.kill()
 
 
 def test_admin_listener_can_be_turned_off(daemon_factory):

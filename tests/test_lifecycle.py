@@ -15,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 from certs import PKI
 from conftest import http_json
 from sscontrold.systemd import Notifier, watchdog_interval
+from test_admin import scrape, value
 from wsclient import RawPeer, auth_message, connect
 
 
@@ -226,6 +227,9 @@ def test_sigterm_drains_with_1012_and_exits_within_deadline(daemon_factory):
     # while draining: not ready, and new connections are refused
     status, body = http_json("GET", d.admin + "/ready")
     assert status == 503 and body["failing"] == ["draining"]
+    text = scrape(d)
+    assert value(text, "sscontrol_draining") == 1
+    assert value(text, "sscontrol_ready") == 0 and value(text, "sscontrol_ready_check", check="draining") == 0
     with pytest.raises(InvalidStatus) as refused:
         connect(d.ws)
     assert refused.value.response.status_code == 503

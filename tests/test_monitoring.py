@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, http, http_json
-from test_admin import scrape, value
+from sscontrold.cgroup import read_memory
+from test_admin import present, scrape, value
 from wsclient import RawPeer, auth_message, connect
 
 PROMETHEUS_DIR = ROOT / "etc" / "prometheus"
@@ -22,7 +23,6 @@ RULES = PROMETHEUS_DIR / "sscontrol-signaling.rules.yml"
 RULES_TEST = PROMETHEUS_DIR / "sscontrol-signaling.rules.test.yml"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "etc" / "grafana" / "sscontrol-signaling.json"
-UNITS = [ROOT / "systemd" / "sscontrol-signaling.service", ROOT / "systemd" / "sscontrol-signaling@.service"]
 JOB = "sscontrol-signaling"
 
 KEY = "monitoring-test-key-8Hq2"
@@ -42,6 +42,7 @@ REQUIRED_PANEL_METRICS = {
     "sscontrol_active_connections", "sscontrol_messages_total", "sscontrol_errors_total",
     "sscontrol_relay_latency_seconds_bucket", "sscontrol_auth_total", "sscontrol_turn_credentials_issued_total",
     "sscontrol_rooms", "sscontrol_sessions", "sscontrol_requests_total", "sscontrol_redis_up",
+    "sscontrol_ready", "sscontrol_ready_check", "sscontrol_memory_usage_bytes", "sscontrol_memory_limit_bytes",
     "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
 }
 
@@ -95,13 +96,6 @@ def dashboard_exprs(board: dict) -> list[tuple[str, str]]:
 
 def dashboard_metric_names() -> set[str]:
     return {name for _, expr in dashboard_exprs(dashboard()) for name in METRIC_NAME.findall(expr)}
-
-
-def systemd_bytes(size: str) -> int:
-    """A MemoryMax= value: bytes, or K/M/G/T suffixed (base 1024, as systemd reads them)."""
-    m = re.fullmatch(r"(\d+)([KMGT]?)", size.strip())
-    assert m, f"MemoryMax={size}: not a size this test understands"
-    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
 
 
 # --- the rules, with promtool
@@ -162,15 +156,18 @@ def test_runbook_anchors_exist_in_the_operations_docs():
         assert anchors <= slugs, f"docs/operations/{doc} lacks the anchors {sorted(anchors - slugs)}"
 
 
-def test_the_memory_alert_uses_the_units_memory_max():
-    """The process cannot see its cgroup's MemoryMax: the rule holds it as a constant,
-    which must follow the units."""
-    m = re.search(r"process_resident_memory_bytes\{[^}]*\}\s*/\s*(\d+)\s*>\s*0\.8", RULES.read_text())
-    assert m, "SscontrolHighMemory: expected process_resident_memory_bytes{...} / <MemoryMax bytes> > 0.8"
-    for unit in UNITS:
-        memory_max = re.search(r"^MemoryMax=(.+)$", unit.read_text(), re.M)
-        assert memory_max, f"{unit.name}: no MemoryMax="
-        assert systemd_bytes(memory_max.group(1)) == int(m.group(1)), f"{unit.name}: MemoryMax={memory_max.group(1)}"
+def test_the_alerts_use_what_the_daemon_exports_not_workarounds():
+    """No constant to keep in step with MemoryMax=, no counting of /ready answers, no
+    guessing from history whether a node has Redis: the daemon exports each directly."""
+    found = alerts()
+
+    def expr(name):
+        return " ".join(re.search(r"\n\s+expr: \|?(.*?)\n\s+for: ", found[name], re.S).group(1).split())
+
+    assert expr("SscontrolNotReady") == 'sscontrol_ready{job="sscontrol-signaling"} == 0'
+    assert expr("SscontrolRedisDown") == 'sscontrol_redis_up{job="sscontrol-signaling"} == 0'
+    assert expr("SscontrolHighMemory") == ('sscontrol_memory_usage_bytes{job="sscontrol-signaling"} / '
+                                           'sscontrol_memory_limit_bytes{job="sscontrol-signaling"} > 0.8')
 
 
 # --- the dashboard
@@ -279,22 +276,37 @@ def test_every_metric_of_the_rules_and_the_dashboard_is_exported(daemon_factory,
     for name in ("sscontrol_auth_total", "sscontrol_resumes_total", "sscontrol_errors_total"):
         assert name in names, f"the traffic did not move {name}"
     assert value(text, "sscontrol_redis_up") == 1
+    assert value(text, "sscontrol_ready") == 1
     assert value(text, "sscontrol_turn_credentials_issued_total", via="websocket") == 1
+
+    # The cgroup memory: the daemon (the test's child) is in the test's cgroup. Where the
+    # tests run without a memory limit (or without a cgroup to read), the daemon rightly
+    # exports no limit: tests/test_cgroup.py covers the limit against a made-up tree.
+    memory = read_memory()
+    cannot_have = set()
+    if memory.usage is None:
+        cannot_have |= {"sscontrol_memory_usage_bytes", "sscontrol_memory_limit_bytes"}
+    elif memory.limit is None:
+        cannot_have.add("sscontrol_memory_limit_bytes")
+    assert not cannot_have & names, f"exported without a cgroup limit to read: {cannot_have & names}"
 
     from_rules, from_dashboard = rule_metric_names(), dashboard_metric_names()
     assert from_rules and from_dashboard
-    assert not from_rules - names, f"the rules name metrics the daemon does not export: {from_rules - names}"
-    assert not from_dashboard - names, f"the dashboard names metrics the daemon does not export: {from_dashboard - names}"
+    missing = from_rules - names - cannot_have
+    assert not missing, f"the rules name metrics the daemon does not export: {missing}"
+    missing = from_dashboard - names - cannot_have
+    assert not missing, f"the dashboard names metrics the daemon does not export: {missing}"
 
-    # The premises of SscontrolRedisDown and SscontrolNotReady: with Redis gone, the
-    # gauge drops to 0 and /ready's refusals are counted as 503 on endpoint="/ready".
-    before = value(text, "sscontrol_requests_total", endpoint="/ready", code="503")
+    # The premises of SscontrolRedisDown and SscontrolNotReady: with Redis gone, both
+    # gauges drop to 0 at the next scrape, and the failing check is named.
     redis.kill()
     wait_ready(d, 503)
     status, body = http_json("GET", d.admin + "/ready")
-    assert status == 503 and "redis" in body["failing"]
+    assert status == 503 and body["failing"] == ["redis"]
     after = scrape(d)
-    assert value(after, "sscontrol_redis_up") == 0
-    assert value(after, "sscontrol_requests_total", endpoint="/ready", code="503") >= before + 2
+    assert value(after, "sscontrol_redis_up") == 0 and present(after, "sscontrol_redis_up")
+    assert value(after, "sscontrol_ready") == 0 and present(after, "sscontrol_ready")
+    assert value(after, "sscontrol_ready_check", check="redis") == 0
+    assert value(after, "sscontrol_ready_check", check="listener_public") == 1
     for peer in (host, viewer, wrong):
         peer.close()
