@@ -110,7 +110,7 @@ class SignalingProtocol(WebSocketServerProtocol):
                 data = self._read_messages(data)
             if data:
                 batch.flush_one(self)  # what we owe this peer goes out before anything Autobahn writes
-                WebSocketServerProtocol.dataReceived(self, data)
+                self._dataReceived(data)  # what Autobahn's dataReceived does after its debug line
         finally:
             if outer:
                 batch.end()
@@ -170,6 +170,10 @@ class SignalingProtocol(WebSocketServerProtocol):
         self.factory.open_connections.add(self)
         REQUESTS.labels(endpoint_label(self.http_request_path.encode()), "101").inc()
         node.events.emit("info", "connection.open", address=self.address, peer_id=self.client.peer_id)
+        # Autobahn keeps the handshake's raw text and headers for the connection's
+        # life; nothing reads them once it is open (~1 KiB per idle connection).
+        self.http_request_data = self.http_response_data = self.http_status_line = None
+        self.http_headers = self.http_request_params = self._wskey = None
 
     def onMessage(self, payload, isBinary):
         client = self.client
@@ -297,3 +301,9 @@ class SignalingFactory(WebSocketServerFactory):
         )
         # Largest message the hot path reads itself (16-bit lengths only).
         self.fast_limit = min(settings.max_frame_bytes, settings.max_message_bytes, 65535)
+        # Autobahn copies its ~30 options from the factory onto each new protocol
+        # (and pformats them for a debug line) unless the protocol already has them:
+        # give them to a protocol class of this configuration instead. New
+        # connections take it; open ones keep theirs.
+        options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        self.protocol = type("SignalingProtocol", (SignalingProtocol,), {**options, "CONFIG_ATTRS": ()})

@@ -146,7 +146,14 @@ class WebSocketOrBanner(Resource):
     def render(self, request: Request):
         upgrade = request.getHeader(b"upgrade") or b""
         if b"websocket" in upgrade.lower():
-            return self._websocket.render(request)
+            transport = request.channel.transport
+            result = self._websocket.render(request)
+            if request.channel.transport is None:  # Autobahn took the connection over
+                # The HTTP channel stays registered as the transport's producer,
+                # keeping itself and this Request (headers, buffers) alive for as long
+                # as the WebSocket lives: ~2 KiB per idle connection. Let them go.
+                transport.unregisterProducer()
+            return result
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return error_response(request, http.NOT_ALLOWED, "use GET, or upgrade to a WebSocket")

@@ -175,3 +175,28 @@ def test_a_slow_reader_gets_everything_in_order(daemon):
     got = [slow.recv_json() for _ in range(190)]
     assert [m["sdp"][:4] for m in got] == [f"{i:04d}" for i in range(190)]
     assert all(m["sdp"][4:] == sdp and m["from"] == fast_id for m in got)
+
+
+def test_reload_sizes_apply_to_new_connections_only(daemon_factory, tmp_path):
+    """The WebSocket options belong to the connection from its opening: a reload
+    changes them for new connections and leaves open ones as they were."""
+    import signal
+
+    from test_lifecycle import wait_log
+
+    conf = tmp_path / "signaling.conf"
+    conf.write_text("[limits]\nmax_message_bytes = 65536\nmax_frame_bytes = 65536\n")
+    d = daemon_factory("--config", str(conf))
+    old, b, old_id, b_id = raw_pair(d)
+    conf.write_text("[limits]\nmax_message_bytes = 1024\nmax_frame_bytes = 1024\nmax_sdp_bytes = 1000\n")
+    d.signal(signal.SIGHUP)
+    wait_log(d, "reload.done")
+    sdp = "x" * 900  # under the new sdp limit, but the message is over 1024 bytes with padding
+    padded = json.dumps({"type": "offer", "to": b_id, "sdp": sdp, "pad": "p" * 400}).encode()
+    old.send_raw(frame(TEXT, padded))
+    assert b.recv() == {"type": "offer", "from": old_id, "to": b_id, "sdp": sdp}
+    new = RawPeer("127.0.0.1", d.port)
+    new.send_json({"type": "join", "room_id": "wire"})
+    assert new.recv_json()["type"] == "peers"
+    new.send_raw(frame(TEXT, padded))
+    assert new.close_code() == 1009
