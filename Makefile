@@ -115,7 +115,7 @@ unit-test: packaging-deps
 BENCH_NPM := bench/reference/node_modules/.package-lock.json bench/loadgen/node_modules/.package-lock.json
 BENCH_ARGS ?=
 
-.PHONY: bench-smoke bench-deps
+.PHONY: bench-smoke bench-deps bench-workers
 
 bench-deps:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
@@ -131,6 +131,12 @@ bench/%/node_modules/.package-lock.json: bench/%/package.json bench/%/package-lo
 
 bench: $(STAMP) bench-deps $(BENCH_NPM)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# make bench-workers -> relay with every core: one sscontrold per core on one port
+#                      (reuse_port) sharing rooms through a local redis-server, against
+#                      the reference; nothing pinned. ~1 minute.
+bench-workers: $(STAMP) bench-deps system-deps $(BENCH_NPM)
+	$(BIN)/python bench/workers.py $(BENCH_ARGS)
 
 bench-smoke: $(STAMP) bench-deps
 	bench/smoke.sh

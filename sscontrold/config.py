@@ -120,6 +120,10 @@ FIELDS: tuple[Field, ...] = (
           ("SSCONTROL_TLS_CERT",)),
     Field("tls_key", "server", _optional_str, None, "PEM file with the private key of tls_cert.",
           ("SSCONTROL_TLS_KEY",)),
+    Field("reuse_port", "server", _bool, False,
+          "Share the public port with the other sscontrold processes of this host (SO_REUSEPORT: "
+          "the kernel spreads new connections among them), e.g. one template instance per core. "
+          "Needs redis_url, so that peers on different processes meet."),
     Field("admin_enabled", "server", _bool, True, "Serve /health /ready /live /metrics on the admin listener."),
     Field("admin_host", "server", _str, "127.0.0.1", "Address of the admin listener (keep it on loopback)."),
     Field("admin_port", "server", _int_range(0, 65535), 9464, "Port of the admin listener."),
@@ -368,6 +372,8 @@ def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
         fail("session_ttl", "must not exceed session_ttl_max")
     if values["turn_secrets"] and not values["turn_uris"]:
         fail("turn_uris", "must be set when TURN secrets are configured")
+    if values["reuse_port"] and not values["redis_url"]:
+        fail("reuse_port", "needs redis_url: processes sharing a port must share their rooms")
     if values["admin_enabled"] and values["admin_port"] == values["port"] and values["port"] != 0:
         fail("admin_port", "must differ from port")
 

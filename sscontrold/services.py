@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.application.service import Service
+from twisted.internet.defer import fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -14,6 +17,29 @@ log = Logger(namespace="sscontrold")
 def server_endpoint(reactor, host: str, port: int, backlog: int = 1024):
     """A TCP endpoint on ``host`` (an IPv4 or IPv6 address)."""
     return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
+
+
+class SharedPortEndpoint:
+    """A TCP server endpoint whose socket has SO_REUSEPORT: several processes bind
+    the same address and port, and the kernel spreads new connections among them."""
+
+    def __init__(self, reactor, host: str, port: int, backlog: int = 1024):
+        self._reactor, self._host, self._port, self._backlog = reactor, host, port, backlog
+
+    def listen(self, factory):
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self._host, self._port))
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+            return succeed(self._reactor.adoptStreamPort(sock.fileno(), family, factory))
+        except OSError as e:
+            return fail(CannotListenError(self._host, self._port, e))
+        finally:
+            sock.close()  # the reactor's port has its own copy of the descriptor
 
 
 def with_tls(factory, tls):

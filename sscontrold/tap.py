@@ -17,7 +17,7 @@ from .node import SignalingNode
 from .protocol import SignalingFactory
 from .redis import RedisCluster, RedisLink, RedisNonceStore
 from .rest import SessionAPI
-from .services import FactoryLifetime, Listener, server_endpoint, with_tls
+from .services import FactoryLifetime, Listener, SharedPortEndpoint, server_endpoint, with_tls
 from .systemd import Notifier, SystemdService
 from .tls import ReloadableServerTLS
 from .turn import TurnResource, websocket_turn
@@ -103,8 +103,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
         readiness.add("redis", redis.check)
     FactoryLifetime(factory).setServiceParent(top)
     sessions.service.setServiceParent(top)
-    listeners = [Listener("public", server_endpoint(reactor, settings.host, settings.port),
-                          with_tls(site, tls), "wss" if tls is not None else "ws")]
+    public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)
+    listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws")]
     if settings.admin_enabled:
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
                                   admin_site(readiness, health, settings.handshake_timeout), "http"))

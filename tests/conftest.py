@@ -63,10 +63,13 @@ def http_json(method: str, url: str, payload=None, **kw) -> tuple[int, dict]:
 class Daemon:
     """A running ``twistd -n sscontrol-signaling`` process."""
 
-    def __init__(self, tmp: Path, args: list[str], env: dict[str, str], tls: bool = False):
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str], tls: bool = False,
+                 port: int | None = None):
         self.port, self.admin_port = free_ports(2)
+        if port is not None:  # a port another daemon shares (reuse_port)
+            self.port = port
         self.tls = tls
-        self.log_path = tmp / f"daemon-{self.port}.log"
+        self.log_path = tmp / f"daemon-{self.port}-{self.admin_port}.log"
         self.argv = [TWISTD, "--nodaemon", "--pidfile=", "--reactor", "sscontrol-epoll",
                      "--logger", "sscontrold.logging.observer",
                      "sscontrol-signaling", "--host", "127.0.0.1", "--port", str(self.port),
@@ -136,8 +139,9 @@ def daemon_factory(tmp_path):
     """Start daemons with the given flags and environment; all stopped at the end."""
     started: list[Daemon] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, tls: bool = False, wait: bool = True) -> Daemon:
-        d = Daemon(tmp_path, list(args), env or {}, tls=tls)
+    def start(*args: str, env: dict[str, str] | None = None, tls: bool = False, wait: bool = True,
+              port: int | None = None) -> Daemon:
+        d = Daemon(tmp_path, list(args), env or {}, tls=tls, port=port)
         started.append(d)
         return d.start(wait=wait)
 
