@@ -75,16 +75,53 @@ class RedisLink(Service):
         self.up = False
         self.outages = 0  # how many times the link went down: lets users notice a short outage
         self._address = f"{parts.hostname}:{parts.port or 6379}"
-        dbid = int(parts.path.lstrip("/")) if parts.path.lstrip("/") else None
-        password = password or (unquote(parts.password) if parts.password else None)
-        tls = optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else False
-        self.connection = txredisapi.lazyConnection(
-            parts.hostname, parts.port or 6379, dbid=dbid, reconnect=True, password=password,
-            username=unquote(parts.username) if parts.username else None, ssl_context_factory=tls,
-            connectTimeout=timeout, replyTimeout=timeout)
+        self._parts = parts
+        self.password = password or (unquote(parts.password) if parts.password else None)
+        self.connection = self._connect(self.password)
+        self._switching = None  # a new password being tried
         self._watch = LoopingCall(self._ping)
         self._watch.clock = clock
         REDIS_UP.add(self)
+
+    def _connect(self, password: str | None, lazy: bool = True):
+        """The link's connection (lazy: reconnects for ever, commands wait for it), or
+        a one-off trial that fires once Redis accepted the password (or fails)."""
+        parts = self._parts
+        dbid = int(parts.path.lstrip("/")) if parts.path.lstrip("/") else None
+        return (txredisapi.lazyConnection if lazy else txredisapi.Connection)(
+            parts.hostname, parts.port or 6379, dbid=dbid, reconnect=lazy, password=password,
+            username=unquote(parts.username) if parts.username else None,
+            ssl_context_factory=optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else False,
+            connectTimeout=self.timeout, replyTimeout=self.timeout)
+
+    def apply(self, settings) -> Deferred | None:
+        """On reload: a new password is tried on a connection of its own first; only
+        once Redis accepts it does the link reconnect with it. If Redis refuses it,
+        the running connection (authenticated with the old one) stays. So the
+        password rotates without a gap: give Redis both, reload, drop the old."""
+        password = settings.redis_password or (unquote(self._parts.password) if self._parts.password else None)
+        if password == self.password or password == self._switching:
+            return None
+        self._switching = password
+        d = self._connect(password, lazy=False)
+        d.addTimeout(max(self.timeout, 2.0), self.clock)
+
+        def accepted(trial):
+            trial.disconnect()
+            if self._switching == password:
+                old, self.connection = self.connection, self._connect(password)
+                self.password, self._switching = password, None
+                events.emit("info", "redis.password_changed", address=self._address)
+                old.disconnect()
+
+        def refused(failure):
+            if self._switching == password:
+                self._switching = None
+            # txredisapi's message names the reason (WRONGPASS...), never the password
+            events.emit("error", "redis.password_refused", address=self._address,
+                        error=failure.getErrorMessage()[:200])
+
+        return d.addCallbacks(accepted, refused)
 
     def check(self) -> str | None:
         """Readiness: None while Redis answers."""
@@ -226,10 +263,15 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 class _SubscriberFactory(txredisapi.RedisFactory):
     protocol = _Subscriber
 
-    def __init__(self, channel: str, password, deliver):
-        txredisapi.RedisFactory.__init__(self, None, None, 1, isLazy=True, password=password)
+    def __init__(self, channel: str, link, deliver):
+        txredisapi.RedisFactory.__init__(self, None, None, 1, isLazy=True, password=link.password)
         self.channel = channel
         self.deliver = deliver
+        self._link = link
+
+    def buildProtocol(self, addr):
+        self.password = self._link.password  # after a rotation, reconnect with the new one
+        return txredisapi.RedisFactory.buildProtocol(self, addr)
 
 
 class RedisCluster(Service):
@@ -245,8 +287,7 @@ class RedisCluster(Service):
         self._channel = f"{p}node:{self.node_id}"
         self._members_key = f"{p}node:{self.node_id}:members"
         parts = urlsplit(url)
-        factory = _SubscriberFactory(self._channel, password or (unquote(parts.password) if parts.password else None),
-                                     self._deliver)
+        factory = _SubscriberFactory(self._channel, link, self._deliver)
         self._subscriber = ClientService(
             txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, link.timeout,
                                      optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),

@@ -115,6 +115,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     reloader = Reloader(lambda: load_settings(options.flags, options.config_file),
                         [node.apply, factory.apply, lambda new: tls and tls.apply(new),
+                         lambda new: redis and redis.apply(new),
                          lambda new: logging.configure(new.log_level, new.log_format)],
                         notifier, reactor, started_with=settings)
     reloader.setServiceParent(top)

@@ -102,3 +102,44 @@ def test_redis_password_from_a_credential_never_shown(daemon_factory, redis_serv
     assert connect(d.ws).request(auth_message(KEY))["type"] == "auth_success"
     shown = d.log() + scrape(d) + http("GET", d.admin + "/health")[2].decode()
     assert "redis-secret-pw-4411" not in shown
+
+
+def test_redis_password_rotates_through_reload(daemon_factory, redis_server, tmp_path):
+    import signal
+
+    from test_lifecycle import wait_log
+
+    redis = redis_server(password="old-redis-pw-5521")
+    secret = tmp_path / "redis_password"
+    secret.write_text("old-redis-pw-5521\n")
+    conf = tmp_path / "signaling.conf"
+    conf.write_text(f"[redis]\nredis_password_file = {secret}\n")
+    d = daemon_factory("--config", str(conf), env={"SSCONTROL_REDIS_URL": redis.url})
+    wait_ready(d, 200)
+    a = connect(d.ws)
+    a.join("rotation")
+
+    # A wrong new password: refused, the running connection stays.
+    secret.write_text("not-the-redis-pw-7730\n")
+    d.signal(signal.SIGHUP)
+    wait_log(d, "redis.password_refused")
+    assert wait_ready(d, 200)["status"] == "ready"
+
+    # Redis accepts both, the daemon switches, Redis forgets the old one.
+    assert redis.command("ACL", "SETUSER", "default", ">new-redis-pw-9034").startswith(b"+OK")
+    secret.write_text("new-redis-pw-9034\n")
+    d.signal(signal.SIGHUP)
+    wait_log(d, "redis.password_changed")
+    assert redis.command("ACL", "SETUSER", "default", "<old-redis-pw-5521").startswith(b"+OK")
+    redis.password = "new-redis-pw-9034"
+    # Every connection Redis holds is cut: the daemon comes back with the new password only.
+    redis.command("CLIENT", "KILL", "TYPE", "normal")
+    redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+    wait_ready(d, 200)
+    b = connect(d.ws)
+    b_id = b.join("rotation")["peer_id"]
+    assert a.recv() == {"type": "new_peer", "peer_id": b_id}  # the first client never noticed
+    a.send({"type": "offer", "to": b_id, "sdp": "after rotation"})
+    assert b.recv()["sdp"] == "after rotation"
+    shown = d.log() + scrape(d)
+    assert not any(pw in shown for pw in ("old-redis-pw-5521", "new-redis-pw-9034", "not-the-redis-pw-7730"))
