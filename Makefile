@@ -55,8 +55,10 @@ DEB_DIR       := build/deb
 DEB_VERSION   := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
 DEB_ARCH      := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 DEB_FILE      := $(DEB_DIR)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
+# etc/: the two conffiles, and the operations files shipped as examples (debian/*.examples).
 DEB_SOURCES   := setup.cfg pyproject.toml requirements.txt sscontrold twisted etc/sscontrol/signaling.conf \
-                 etc/default/sscontrol-signaling systemd debian $(wildcard README.md LICENSE*)
+                 etc/default/sscontrol-signaling etc/sysctl.d etc/systemd etc/prometheus etc/grafana \
+                 etc/nginx etc/haproxy systemd debian $(wildcard README.md LICENSE*)
 DEB_EXCLUDE   := __pycache__ '*.pyc' dropin.cache debian/$(DEB_NAME) debian/.debhelper
 DEB_INPUTS    := $(shell find $(DEB_SOURCES) \( -path debian/$(DEB_NAME) -o -path debian/.debhelper \) -prune \
                    -o -type f ! -name '*.pyc' ! -name dropin.cache ! -path '*/__pycache__/*' -print 2>/dev/null)

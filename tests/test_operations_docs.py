@@ -3,7 +3,7 @@
 Convention (docs/operations/README.md): a fenced block whose info string is ``sh runnable``
 is run here with ``bash -e`` against a LIVE daemon (native TLS, API key and TURN secret
 files, Redis with a password, a real coturn), with the docs' variables (DOMAIN, PORT, ADMIN,
-TURN_HOST, TURN_PORT, DEB) set to the test's values; ``sh systemd`` blocks run in a booted
+TURN_HOST, TURN_PORT, DEB, EXAMPLES) set to the test's values; ``sh systemd`` blocks run in a booted
 Debian 12 container (tests/system/test_operations_docs.py). ``expect=TEXT`` at the end of
 the info string: TEXT must be in the block's output. ``check=nginx-http`` /
 ``nginx-location`` / ``haproxy-frontend``: a snippet validated inside the shipped proxy
@@ -301,6 +301,9 @@ def live_node(tmp_path, daemon_factory, coturn_factory, redis_server):
         "PATH": f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}:/usr/sbin:/sbin",
         "DOMAIN": "localhost", "PORT": str(node.port), "ADMIN": node.admin,
         "TURN_HOST": "127.0.0.1", "TURN_PORT": str(turn.port), "DEB": "sscontrol-signaling_test_all.deb",
+        # The package's examples are the source tree's etc/ files (debian/sscontrol-signaling.examples);
+        # the container's run uses the installed copies (tests/system/test_operations_docs.py).
+        "EXAMPLES": str(ROOT / "etc"),
         "SSCONTROL_CONFIG": str(conf),
         # the test CA, for curl, openssl and Python (the docs' commands use the system's store)
         "SSL_CERT_FILE": str(pki.ca_path), "CURL_CA_BUNDLE": str(pki.ca_path),

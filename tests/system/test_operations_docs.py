@@ -1,8 +1,9 @@
 """The runbook's systemd blocks, run as an operator would: in a booted Debian 12 container of
 its own, every ```sh systemd block of docs/operations, in the order deployment.md,
 change-management.md, troubleshooting.md, incident-response.md, each with ``bash -e`` as
-root from a directory holding the .deb and the source tree's etc/ (conventions:
-docs/operations/README.md). What the blocks cannot do by themselves is simulated: certbot's
+root from a directory holding only the .deb (conventions: docs/operations/README.md): the
+files the runbook installs besides the package come from the package's examples, $EXAMPLES,
+set to the path the conventions name. What the blocks cannot do by themselves is simulated: certbot's
 first issue (a 90-day certificate from a test CA in /etc/letsencrypt/live/localhost/) and a
 newer package for the upgrade (the same .deb repacked with a higher version).
 
@@ -14,6 +15,7 @@ drop-in is in force, the upgrade and the rollback happened.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -22,7 +24,7 @@ import pytest
 from cryptography import x509
 
 from certs import PKI
-from test_operations_docs import DOC_ORDER, doc_blocks, run_block, server_certificate
+from test_operations_docs import DOCS, DOC_ORDER, doc_blocks, run_block, server_certificate
 from wsclient import auth_message
 
 from . import sysharness
@@ -33,6 +35,9 @@ pytestmark = pytest.mark.system
 WORKDIR = "/root/sscontrold"
 LINEAGE = "/etc/letsencrypt/live/localhost"
 EXTRA_PACKAGES = ("curl", "iproute2")  # the docs' curl, ss and nstat; a real node has them
+# Where the conventions say the package's example files are (not set by the test to
+# something else: the blocks must find them where an operator would).
+EXAMPLES = re.search(r"(?m)^EXAMPLES=(\S+)", (DOCS / "README.md").read_text()).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,8 @@ def ops_node(system_deb, tmp_path_factory):
         c.boot()
         c.configure_test_ports()
         c.write_file("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
-        # The release directory: the .deb and the source tree's etc/.
-        shutil.copytree(sysharness.REPO / "etc", c.path(f"{WORKDIR}/etc"))
+        # The release directory: the .deb only (the runbook's other files come with it).
+        c.run(["mkdir", "-p", WORKDIR])
         shutil.copyfile(system_deb, c.path(f"{WORKDIR}/{system_deb.name}"))
         newer = sysharness.repack_deb(system_deb, tmp, sysharness.deb_field(system_deb, "Version") + "+ops1")
         shutil.copyfile(newer, c.path(f"{WORKDIR}/{newer.name}"))
@@ -69,7 +74,7 @@ def block_env(c, deb_name: str) -> dict[str, str]:
     return {
         "DOMAIN": "localhost", "PORT": str(c.ports["port"]),
         "ADMIN": f"http://127.0.0.1:{c.ports['admin_port']}",
-        "TURN_HOST": "localhost", "TURN_PORT": "3478", "DEB": deb_name,
+        "TURN_HOST": "localhost", "TURN_PORT": "3478", "DEB": deb_name, "EXAMPLES": EXAMPLES,
         "SSL_CERT_FILE": "/root/ca.pem", "CURL_CA_BUNDLE": "/root/ca.pem",
     }
 
@@ -136,6 +141,17 @@ def test_the_runbooks_systemd_blocks_run_on_a_booted_debian(ops_node):
     assert "60-sscontrol-signaling.conf" not in journald, journald[-2000:]
     # the sysctl file is where systemd-sysctl reads it at boot
     assert c.exists("/etc/sysctl.d/60-sscontrol-signaling.conf")
+    # ... both installed from the package's examples, which are the source tree's files
+    assert EXAMPLES == "/usr/share/doc/sscontrol-signaling/examples"
+    assert not c.exists(f"{WORKDIR}/etc")
+    for installed, example, source in (
+            ("/etc/sysctl.d/60-sscontrol-signaling.conf", "sysctl.d/60-sscontrol-signaling.conf",
+             "etc/sysctl.d/60-sscontrol-signaling.conf"),
+            ("/etc/systemd/journald.conf.d/60-sscontrol-signaling.conf",
+             "systemd/journald.conf.d/sscontrol-signaling.conf",
+             "etc/systemd/journald.conf.d/sscontrol-signaling.conf")):
+        c.run(["cmp", installed, f"{EXAMPLES}/{example}"])
+        assert c.read_file(installed) == (sysharness.REPO / source).read_text()
 
 
 def test_the_deploy_hook_serves_a_renewed_certificate_without_a_restart(ops_node):

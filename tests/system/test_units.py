@@ -96,3 +96,19 @@ def test_package_version_follows_the_python_package():
     assert upstream == sscontrold.__version__, (
         f"debian/changelog is at {version}, sscontrold.__version__ is {sscontrold.__version__}: "
         "add a changelog entry when the version changes")
+
+
+def test_the_manual_page_names_every_command_of_the_cli():
+    """debian/sscontrol-signaling-ctl.1 (installed with the /usr/bin link) lists each
+    sub-command of sscontrol-signaling-ctl, no more, no fewer."""
+    import argparse
+    import re
+
+    from sscontrold.ctl import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    page = (sysharness.REPO / "debian" / "sscontrol-signaling-ctl.1").read_text()
+    section = page.split("\n.SH COMMANDS\n", 1)[1].split("\n.SH ", 1)[0]
+    assert set(re.findall(r"(?m)^\.TP\n\.B (\S+)$", section)) == set(subparsers.choices)
+    links = (sysharness.REPO / "debian" / "sscontrol-signaling.links").read_text().split()
+    assert links == ["opt/venvs/sscontrol-signaling/bin/sscontrol-signaling-ctl", "usr/bin/sscontrol-signaling-ctl"]
