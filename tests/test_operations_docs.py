@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs import PKI, _name
 from conftest import ROOT, http
+from test_proxy_configs import need
 from wsclient import auth_message, connect
 
 DOCS = ROOT / "docs" / "operations"
@@ -197,13 +198,6 @@ def test_every_link_into_the_docs_and_every_runbook_url_lands_on_an_anchor():
 # --- proxy snippets (nginx -t, haproxy -c on the shipped examples with the snippet inserted)
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(f"/usr/sbin/{name}")
-    if path is None:
-        pytest.fail(f"{name} is missing: `make test` installs the Debian package {name}")
-    return path
-
-
 def test_the_proxy_rate_limit_snippets_are_valid(tmp_path):
     snippets = {b.check: b.text for b in all_blocks() if b.check}
     assert set(snippets) == CHECKS
@@ -219,7 +213,7 @@ def test_the_proxy_rate_limit_snippets_are_valid(tmp_path):
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n  access_log off;\n  include {tmp_path}/site.conf;\n}}\n")
-    result = subprocess.run([_tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+    result = subprocess.run([need("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "syntax is ok" in result.stderr, result.stderr
 
@@ -230,7 +224,7 @@ def test_the_proxy_rate_limit_snippets_are_valid(tmp_path):
     cfg, n = re.subn(r"(?m)^(    bind :80\n)", lambda m: m.group(1) + snippets["haproxy-frontend"], cfg)
     assert n == 1
     (tmp_path / "haproxy.cfg").write_text(cfg)
-    result = subprocess.run([_tool("haproxy"), "-c", "-f", str(tmp_path / "haproxy.cfg")],
+    result = subprocess.run([need("haproxy"), "-c", "-f", str(tmp_path / "haproxy.cfg")],
                             capture_output=True, text=True, timeout=30)
     out = result.stdout + result.stderr
     assert result.returncode == 0 and "Configuration file is valid" in out, out
