@@ -133,9 +133,11 @@ FIELDS: tuple[Field, ...] = (
           "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
     # [auth]
     Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
-          "empty: auth off). Prefer api_key_file or the systemd credential api_keys.",
+          "empty: auth off). Prefer api_key_file (re-read on every reload) or the systemd credential "
+          "api_keys (read at start: restart to change).",
           ("SSCONTROL_API_KEY",), secret=True),
-    Field("api_key_file", "auth", _optional_str, None, "File with one API key per line, added to api_keys."),
+    Field("api_key_file", "auth", _optional_str, None, "File with one API key per line, added to api_keys. "
+          "Re-read on every reload (rotation without a restart)."),
     Field("auth_window", "auth", _seconds(1), 300.0, "How old an auth timestamp may be, in seconds."),
     Field("auth_clock_skew", "auth", _seconds(0), 30.0, "How far in the future an auth timestamp may be."),
     Field("auth_timeout", "auth", _seconds(0.1), 10.0,
@@ -174,9 +176,10 @@ FIELDS: tuple[Field, ...] = (
           "Seconds to wait for a pong before dropping the peer (at least 2)."),
     # [turn]
     Field("turn_secrets", "turn", _list, (), "coturn static-auth-secret values; the first signs, all are "
-          "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file or the credential "
-          "turn_secrets.", ("TURN_PASSWORD",), secret=True),
-    Field("turn_secret_file", "turn", _optional_str, None, "File with one TURN secret per line, added to turn_secrets."),
+          "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file (re-read on every "
+          "reload) or the credential turn_secrets (read at start: restart to change).", ("TURN_PASSWORD",), secret=True),
+    Field("turn_secret_file", "turn", _optional_str, None, "File with one TURN secret per line, added to "
+          "turn_secrets. Re-read on every reload (rotation without a restart)."),
     Field("turn_uris", "turn", _list, (), "TURN/STUN URIs handed to clients, e.g. "
           "turn:turn.example.com:3478?transport=udp turns:turn.example.com:5349?transport=tcp"),
     Field("turn_ttl", "turn", _int_range(60, 7 * 86400), 86400, "Lifetime of TURN credentials, in seconds."),
@@ -200,7 +203,8 @@ FIELDS: tuple[Field, ...] = (
           "REDIS_PASSWORD or the systemd credential redis_password, not in the URL."),
     Field("redis_password", "redis", _optional_str, None, "Redis password (prefer redis_password_file).",
           ("REDIS_PASSWORD",), secret=True),
-    Field("redis_password_file", "redis", _optional_str, None, "File whose first line is the Redis password."),
+    Field("redis_password_file", "redis", _optional_str, None, "File whose first line is the Redis password. "
+          "Re-read on every reload: a new password is used once Redis accepts it."),
     Field("redis_prefix", "redis", _str, "sscontrol:", "Prefix of every Redis key and channel of this cluster."),
     Field("redis_timeout", "redis", _seconds(0.1), 2.0,
           "Seconds to wait for Redis before treating it as down (reads fail, /ready turns 503)."),
