@@ -88,11 +88,18 @@ class RedisLink(Service):
         a one-off trial that fires once Redis accepted the password (or fails)."""
         parts = self._parts
         dbid = int(parts.path.lstrip("/")) if parts.path.lstrip("/") else None
-        return (txredisapi.lazyConnection if lazy else txredisapi.Connection)(
-            parts.hostname, parts.port or 6379, dbid=dbid, reconnect=lazy, password=password,
-            username=unquote(parts.username) if parts.username else None,
-            ssl_context_factory=optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else False,
-            connectTimeout=self.timeout, replyTimeout=self.timeout)
+        username = unquote(parts.username) if parts.username else None
+        tls = optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None
+        if not lazy:
+            return txredisapi.Connection(parts.hostname, parts.port or 6379, dbid=dbid, reconnect=False,
+                                         password=password, username=username, ssl_context_factory=tls or False,
+                                         connectTimeout=self.timeout, replyTimeout=self.timeout)
+        # txredisapi.lazyConnection, with a protocol that moves more per reactor turn
+        factory = txredisapi.RedisFactory(f"{parts.hostname}:{parts.port or 6379}", dbid, 1, isLazy=True,
+                                          password=password, replyTimeout=self.timeout, username=username)
+        factory.protocol = _LinkProtocol
+        factory.startConnecting(txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
+        return factory.handler
 
     def apply(self, settings) -> Deferred | None:
         """On reload: a new password is tried on a connection of its own first; only
@@ -251,8 +258,22 @@ def _pairs(flat) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2]))
 
 
+class _LinkProtocol(txredisapi.RedisProtocol):
+    def connectionMade(self):
+        # Every message to a peer on another node is a PUBLISH on this one socket: let a
+        # reactor turn send (and read) as much as many peers' sockets would, or under
+        # load the commands queue up here, behind Twisted's 128 KiB per write.
+        self.transport.SEND_LIMIT = 1 << 22
+        self.transport.bufferSize = 1 << 20
+        return txredisapi.RedisProtocol.connectionMade(self)
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     def connectionMade(self):
+        # This one socket carries the messages of every peer on other nodes: read it in
+        # big gulps, or under load the reactor's one read per socket per turn would
+        # serve it like a single peer and its backlog would grow in Redis.
+        self.transport.bufferSize = 1 << 20
         txredisapi.SubscriberProtocol.connectionMade(self)
         self.whenConnected().addCallback(lambda _: self.subscribe(self.factory.channel))
 
