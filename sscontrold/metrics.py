@@ -27,9 +27,6 @@ class MessageCounter:
         if registry is not None:
             registry.register(self)
 
-    def value(self, label_value: str) -> int:
-        return self.counts.get(label_value, 0)
-
     def describe(self):
         return [CounterMetricFamily(self.name, self.documentation, labels=[self.label])]
 
@@ -55,10 +52,6 @@ class LatencyHistogram:
     def observe(self, value: float, n: int = 1) -> None:
         self.counts[bisect_left(self.bounds, value)] += n
         self.sum += value * n
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
 
     def describe(self):
         return [HistogramMetricFamily(self.name, self.documentation)]
