@@ -14,6 +14,7 @@ and held until the read that caused them ends: one write per recipient per read.
 from __future__ import annotations
 
 from time import perf_counter
+from types import FunctionType
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -75,6 +76,17 @@ def client_address(peer_host: str, forwarded_for: str | None, trusted_proxies: f
 
 
 OPEN = WebSocketServerProtocol.STATE_OPEN
+CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+
+
+def decline_compression(offers) -> None:
+    """Accept no permessage-deflate offer.
+
+    Signaling messages are small JSON; compressing them would cost a zlib
+    context per connection (tens of KiB), CPU on every frame, and a
+    decompression bomb to guard against, for little gain.
+    """
+    return None
 
 
 def write_now(transport, data: bytes) -> None:
@@ -143,6 +155,21 @@ class SignalingProtocol(WebSocketServerProtocol):
             if self.state != OPEN:
                 break
         return data[pos:] if pos else data
+
+    def succeedHandshake(self, res) -> None:
+        # Autobahn runs this as a Deferred callback: an exception here (from an
+        # option, from onOpen) would be lost and the socket left to hang until the
+        # handshake timeout. Log it, and answer 500 or close with 1011.
+        try:
+            super().succeedHandshake(res)
+        except Exception:
+            log.failure("internal error completing the WebSocket handshake of {address}",
+                        address=self.address)
+            ERRORS.labels("internal_error").inc()
+            if self.state == CONNECTING:
+                self.failHandshake("Internal Server Error", 500)
+            elif self.state == OPEN:
+                self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def onConnect(self, request):
         node = self.factory.node
@@ -294,7 +321,9 @@ class SignalingFactory(WebSocketServerFactory):
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=5,
             failByDrop=False,  # a protocol violation gets a close frame with its code (1007, 1009)
-            perMessageCompressionAccept=lambda offers: None,
+            # permessage-deflate is declined (docs/protocol.md, "Compression"): every
+            # client offers it, and the handshake answers 101 without the extension.
+            perMessageCompressionAccept=decline_compression,
             # The JSON parser rejects invalid UTF-8 and the client then closes with
             # 1007: Autobahn's own check would cost more than the parse.
             utf8validateIncoming=False,
@@ -305,5 +334,9 @@ class SignalingFactory(WebSocketServerFactory):
         # (and pformats them for a debug line) unless the protocol already has them:
         # give them to a protocol class of this configuration instead. New
         # connections take it; open ones keep theirs.
+        # A function among them must stay a plain function on the class, not
+        # become a method (Autobahn calls it with the offers alone).
         options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+        options = {name: staticmethod(value) if isinstance(value, FunctionType) else value
+                   for name, value in options.items()}
         self.protocol = type("SignalingProtocol", (SignalingProtocol,), {**options, "CONFIG_ATTRS": ()})

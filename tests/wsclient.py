@@ -75,8 +75,10 @@ class Peer:
 
 
 def connect(url: str, ssl=None, **kw) -> Peer:
-    return Peer(ws_connect(url, ssl=ssl, open_timeout=5, close_timeout=2, max_size=None, legacy=True,
-                           compression=None, **kw))
+    """A peer as real clients connect: the library's defaults, permessage-deflate
+    offered as every browser offers it. A test that needs other options passes them.
+    (``legacy=True`` is the library's direct-call form, without a ``with`` block.)"""
+    return Peer(ws_connect(url, ssl=ssl, open_timeout=5, close_timeout=2, max_size=None, legacy=True, **kw))
 
 
 class RawPeer:
