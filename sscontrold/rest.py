@@ -188,7 +188,7 @@ class SessionResource(Resource):
                 api.node.events.emit("warn", "limit.rest_rate", address=address,
                                      per_minute=api.rate.per_minute)
             request.setHeader(b"retry-after", str(api.rate.retry_after).encode())
-            return error_response(request, TOO_MANY_REQUESTS, "too many requests, slow down")
+            return error_response(request, TOO_MANY_REQUESTS, "too many requests, slow down", "rate_limited")
 
         if method not in methods:
             request.setHeader(b"allow", ", ".join(methods).encode())
@@ -222,7 +222,7 @@ class SessionResource(Resource):
                 api.node.events.emit("warn", "session.attempts_exceeded", address=address)
             elif isinstance(e, StoreFull):
                 api.node.events.emit("warn", "limit.sessions", address=address, sessions=store.count())
-            return error_response(request, e.status, e.message)
+            return error_response(request, e.status, e.message, e.code)
         except RedisUnavailable:
             request.setHeader(b"retry-after", b"1")
             return error_response(request, http.SERVICE_UNAVAILABLE,

@@ -174,7 +174,7 @@ class TurnResource(JSONResource):
         settings = node.settings  # read per request: a reload applies at once
         apply_cors(request, settings.cors_origins)
         if not settings.turn_secrets:
-            return error_response(request, http.NOT_FOUND, NOT_CONFIGURED)
+            return error_response(request, http.NOT_FOUND, NOT_CONFIGURED, "turn_unavailable")
         peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
         address = client_address(peer, _header(request, b"x-forwarded-for"), node.trusted_proxies)
         try:

@@ -42,8 +42,18 @@ def json_response(request: Request, code: int, body: dict) -> bytes:
     return orjson.dumps(body)
 
 
-def error_response(request: Request, code: int, message: str) -> bytes:
-    return json_response(request, code, {"success": False, "error": message})
+# The machine-readable ``code`` of an error body, by HTTP status, where the caller
+# names none. 429 is the request rate limit; a session's attempt limit names its own
+# code (``too_many_attempts``), which a client must not retry.
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "too_large",
+               429: "rate_limited", 500: "internal_error", 503: "unavailable"}
+
+
+def error_response(request: Request, code: int, message: str, error_code: str | None = None) -> bytes:
+    """``{"success": false, "error": message, "code": ...}`` with HTTP status ``code``."""
+    return json_response(request, code, {"success": False, "error": message,
+                                         "code": error_code or ERROR_CODES.get(code, "error")})
 
 
 class HTTPError(Exception):

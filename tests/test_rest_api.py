@@ -53,6 +53,7 @@ def assert_error(result, status, message=None):
     assert code == status, (code, body)
     assert headers["content-type"] == "application/json"
     assert body["success"] is False and isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["code"], str) and body["code"], body  # docs/protocol.md: REST errors
     if message is not None:
         assert re.search(message, body["error"]), body["error"]
     return body
@@ -152,7 +153,10 @@ def test_too_many_attempts(api):
     # --session-max-attempts 2: two GETs by others answer, the third deletes the session.
     assert call(api, "GET", f"/api/session/{sid}", address="10.9.9.1")[0] == 200
     assert call(api, "GET", f"/api/session/{sid}", address="10.9.9.2")[0] == 200
-    assert_error(call(api, "GET", f"/api/session/{sid}", address="10.9.9.3"), 429, "too many attempts")
+    status, headers, body = call(api, "GET", f"/api/session/{sid}", address="10.9.9.3")
+    # Final, and told apart from the rate limit (also 429): its own code, no Retry-After.
+    assert assert_error((status, headers, body), 429, "too many attempts")["code"] == "too_many_attempts"
+    assert "retry-after" not in headers
     assert_error(call(api, "GET", f"/api/session/{sid}", address=HOST), 429, "too many attempts")
     assert_error(call(api, "POST", f"/api/session/{sid}/answer", {"answer": "a"}, VIEWER), 429)
     # The host may start over under the same id.
@@ -274,7 +278,7 @@ def test_wrong_method(api, method, path, allowed):
                                   "/api/session/abc/ice/more"])
 def test_unknown_paths(api, path):
     result = assert_error(call(api, "GET", path, address=next(_addresses)), 404, "not found")
-    assert result == {"success": False, "error": "not found"}
+    assert result == {"success": False, "error": "not found", "code": "not_found"}
 
 
 # --- CORS
@@ -344,7 +348,8 @@ def test_rate_limit_per_address(rate_limited):
     for _ in range(3):
         assert call(base, "GET", "/api/session/nosuch")[0] == 404
     status, headers, body = call(base, "GET", "/api/session/nosuch")
-    assert_error((status, headers, body), 429, "too many requests")
+    # Transient, and told apart from a session's attempt limit: its code and Retry-After.
+    assert assert_error((status, headers, body), 429, "too many requests")["code"] == "rate_limited"
     assert headers["retry-after"] == "20"  # 3 per minute: one more every 20 s
     assert headers["access-control-allow-origin"] == "*"
     assert_error(call(base, "POST", "/api/session", offer_body("x")), 429)

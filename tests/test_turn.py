@@ -115,7 +115,7 @@ def test_resource_reads_settings_at_request_time_and_counts(tmp_path):
         body = resource.render(request)
         return request.responseCode, json.loads(body)
 
-    assert get() == (404, {"success": False, "error": "TURN is not configured"})
+    assert get() == (404, {"success": False, "error": "TURN is not configured", "code": "turn_unavailable"})
     node.apply(settings_from(tmp_path, **base, SSCONTROL_TURN_SECRETS="first"))
     before = issued("http")
     code, first = get()
@@ -262,7 +262,8 @@ def test_http_hmac_token_and_replay(daemon_factory):
     assert status == 200 and c["username"].endswith(":cam-42"), c
     assert c["password"] == turn_password(SECRET, c["username"])
     status, c = http_json("GET", query(d.base, **fields))
-    assert status == 401 and c == {"success": False, "error": "authentication failed: nonce already used"}
+    assert status == 401 and c == {"success": False, "error": "authentication failed: nonce already used",
+                                       "code": "unauthorized"}
     # a JSON POST body, as the WebSocket auth message (with its empty api_key) is
     posted = auth_message(KEY, device_id="cam-43")
     status, c = http_json("POST", query(d.base), posted)
@@ -288,7 +289,7 @@ def test_open_when_auth_is_off_and_404_when_not_configured(daemon_factory):
     bare = daemon_factory()
     for method in ("GET", "POST"):
         status, _, data = http(method, query(bare.base, key="x"), b"" if method == "POST" else None)
-        assert status == 404 and json.loads(data) == {"success": False, "error": "TURN is not configured"}
+        assert status == 404 and json.loads(data) == {"success": False, "error": "TURN is not configured", "code": "turn_unavailable"}
     p = connect(bare.ws)
     assert p.request({"type": "turn"}) == {"type": "error", "message": "TURN is not configured",
                                            "code": "turn_unavailable"}

@@ -57,6 +57,7 @@ TOMBSTONE_MAX = 10000  # most tombstones kept; the oldest go first
 
 class SessionError(Exception):
     status = 500
+    code: str | None = None  # the error body's ``code``; None: the one of ``status``
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -80,11 +81,15 @@ class Gone(SessionError):
 
 
 class TooManyAttempts(SessionError):
+    """Final: the session is deleted. Told apart from the request rate limit (also
+    429, but ``rate_limited`` with a ``Retry-After``) by its code."""
     status = 429
+    code = "too_many_attempts"
 
 
 class StoreFull(SessionError):
     status = 503
+    code = "store_full"
 
 
 # --- limits and validation
