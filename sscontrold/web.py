@@ -158,10 +158,12 @@ class WebSocketOrBanner(Resource):
         if b"websocket" in upgrade.lower():
             transport = request.channel.transport
             result = self._websocket.render(request)
-            if request.channel.transport is None:  # Autobahn took the connection over
-                # The HTTP channel stays registered as the transport's producer,
-                # keeping itself and this Request (headers, buffers) alive for as long
-                # as the WebSocket lives: ~2 KiB per idle connection. Let them go.
+            if request.channel.transport is None and transport.connected and not transport.disconnecting:
+                # Autobahn took the connection over and opened it. The HTTP channel
+                # stays registered as the transport's producer, keeping itself and
+                # this Request (headers, buffers) alive for as long as the WebSocket
+                # lives: ~2 KiB per idle connection. Let them go. (A refused
+                # handshake is already closing: nothing to let go of.)
                 transport.unregisterProducer()
             return result
         if request.method not in (b"GET", b"HEAD"):
