@@ -35,7 +35,19 @@ run: $(STAMP)
 	@echo "  health:  curl http://$(HOST):$(PORT)/health    metrics: curl http://127.0.0.1:9464/metrics"
 	$(BIN)/twistd --nodaemon --pidfile= --reactor sscontrol-epoll sscontrol-signaling --host $(HOST) --port $(PORT)
 
-unit-test: $(STAMP) system-deps
+# Node.js for the ws client the compatibility tests run (and the benchmarks).
+.PHONY: node-deps
+node-deps:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing: nodejs npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+
+NODE_CLIENT := tests/clients/node/node_modules/.package-lock.json
+$(NODE_CLIENT): tests/clients/node/package.json tests/clients/node/package-lock.json | node-deps
+	cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+unit-test: $(STAMP) system-deps $(NODE_CLIENT)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test: unit-test
@@ -120,10 +132,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench-smoke bench-deps bench-workers
 
-bench-deps:
-	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
-	  echo "installing: nodejs npm"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+bench-deps: node-deps
 	@command -v taskset >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
 	  echo "installing: util-linux openssl"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends util-linux openssl; }
