@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 # Debian packages the tests drive for real (installed only when missing).
 SYSTEM_PACKAGES := redis-server:redis-server coturn:turnserver prometheus:promtool nginx:nginx haproxy:haproxy \
-                   chromium:chromium iproute2:ip util-linux:unshare
+                   chromium:chromium iproute2:ip
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  pkg=$${pair%%:*}; cmd=$${pair##*:}; \

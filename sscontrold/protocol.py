@@ -79,6 +79,22 @@ OPEN = WebSocketServerProtocol.STATE_OPEN
 CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
 
 
+SUBPROTOCOL = "sscontrol"
+
+
+def select_subprotocol(offered: list[str]) -> str | None:
+    """The subprotocol the 101 names: ``sscontrol`` when offered, else the client's
+    first offer, else none.
+
+    The daemon speaks one protocol whatever a client calls it. Browsers fail a
+    handshake whose answer names none of the subprotocols they offered, so an offer
+    is always answered with one of its own names.
+    """
+    if not offered:
+        return None
+    return SUBPROTOCOL if SUBPROTOCOL in offered else offered[0]
+
+
 def decline_compression(offers) -> None:
     """Accept no permessage-deflate offer.
 
@@ -189,7 +205,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(429, "Too Many Requests: too many connections from your address")
         self._counted = True
         ACTIVE.inc()
-        return None
+        return select_subprotocol(request.protocols)
 
     def onOpen(self):
         node = self.factory.node

@@ -160,11 +160,20 @@ def test_a_malformed_offer_gets_a_clean_400(site):
     assert not conn.transport.connected
 
 
-def test_a_subprotocol_offer_is_answered_without_one(site):
-    """No subprotocol is selected: browsers accept a 101 without one (they fail only on
-    one they did not offer)."""
+@pytest.mark.parametrize("offer, selected", [
+    ("sscontrol", "sscontrol"),
+    ("json, sscontrol", "sscontrol"),  # ours, wherever it stands
+    ("chat, json", "chat"),  # else the client's first: browsers fail an answer naming none
+])
+def test_a_subprotocol_offer_is_answered_with_one_of_its_names(site, offer, selected):
     conn = Connection(site)
-    status, headers, _ = conn.handshake(protocols="sscontrol, json")
+    status, headers, _ = conn.handshake(protocols=offer)
+    assert status == "HTTP/1.1 101 Switching Protocols"
+    assert headers["sec-websocket-protocol"] == selected
+
+
+def test_no_subprotocol_offer_no_subprotocol_named(site):
+    status, headers, _ = Connection(site).handshake(protocols=None)
     assert status == "HTTP/1.1 101 Switching Protocols"
     assert "sec-websocket-protocol" not in headers
 
