@@ -188,6 +188,19 @@ class SignalingProtocol(WebSocketServerProtocol):
                 self.close(CLOSE_INTERNAL_ERROR, "internal error")
 
     def onConnect(self, request):
+        # Autobahn answers an exception here with its text in the status line: log
+        # it instead, and answer a plain 500.
+        try:
+            return self._admit(request)
+        except ConnectionDeny:
+            raise
+        except Exception:
+            log.failure("internal error admitting the WebSocket of {address}", address=self.address)
+            ERRORS.labels("internal_error").inc()
+            raise ConnectionDeny(500, "Internal Server Error") from None
+
+    def _admit(self, request):
+        """Refuse (ConnectionDeny) or admit the upgrade; return the subprotocol."""
         node = self.factory.node
         endpoint = endpoint_label(request.path.encode())
         if node.draining:

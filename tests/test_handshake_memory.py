@@ -245,3 +245,16 @@ def test_an_exception_after_the_101_is_logged_and_closes_1011(site, monkeypatch,
     close = conn.transport.value()
     assert close[:1] == b"\x88" and int.from_bytes(close[2:4], "big") == 1011, close
     assert "broken onOpen" in logged_failures
+
+
+def test_an_exception_while_admitting_is_logged_and_answered_a_plain_500(site, monkeypatch, logged_failures):
+    """The exception's text stays in the log, never in the answer."""
+    def broken(protocols):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(protocol_module, "select_subprotocol", broken)
+    conn = Connection(site)
+    status, _, _ = conn.handshake()
+    assert status == "HTTP/1.1 500 Internal Server Error", status
+    assert not conn.transport.connected
+    assert "secret internals" in logged_failures
