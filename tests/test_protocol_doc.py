@@ -459,3 +459,51 @@ def test_the_doc_is_referred_to_and_the_shared_file_is_not():
             if "protocol.md" in line:
                 assert re.search(r"docs/protocol\.md|\(protocol\.md[)#]|\]\(\.\./protocol\.md", line), \
                     f"{path.relative_to(ROOT)}: {line.strip()!r} should name docs/protocol.md"
+
+
+# --- the handshake answers the doc describes, against the real daemon
+
+
+def handshake(port: int, extra: str = "", path: str = "/ws", version: str = "13") -> tuple[str, dict[str, str]]:
+    """(status line, lower-cased headers) of the answer to a raw upgrade request."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   f"Sec-WebSocket-Version: {version}\r\n{extra}\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    return head[0], {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+
+
+def test_handshake_answers_as_documented(daemon):
+    text = doc_text()
+    # compression offered as browsers offer it: declined, 101 without the extension
+    status, headers = handshake(daemon.port, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n")
+    assert status.startswith("HTTP/1.1 101") and "sec-websocket-extensions" not in headers
+    assert headers["server"] == "sscontrol-signaling"
+    # a malformed offer: 400 with the parser's words, as quoted
+    status, _ = handshake(daemon.port, "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99\r\n")
+    assert status.startswith("HTTP/1.1 400 ") and status[len("HTTP/1.1 400 "):].replace("\n", " ") in \
+        " ".join(text.split())
+    # a subprotocol offered: 101, none selected
+    status, headers = handshake(daemon.port, "Sec-WebSocket-Protocol: sscontrol, chat\r\n")
+    assert status.startswith("HTTP/1.1 101") and "sec-websocket-protocol" not in headers
+    assert handshake(daemon.port, "Sec-WebSocket-Protocol: a, a\r\n")[0].startswith("HTTP/1.1 400")
+    # origins: any with a host; null refused
+    assert handshake(daemon.port, "Origin: https://app.example\r\n")[0].startswith("HTTP/1.1 101")
+    status, _ = handshake(daemon.port, "Origin: null\r\n")
+    assert status == "HTTP/1.1 400 WebSocket connection denied: origin 'null' not allowed"
+    assert "origin 'null' not allowed" in text
+    # versions and paths
+    status, headers = handshake(daemon.port, version="12")
+    assert status.startswith("HTTP/1.1 400") and headers["sec-websocket-version"] == "13,8"
+    for path in ("/", "/ws", "/ws/anything", "/ws?x=1"):
+        assert handshake(daemon.port, path=path)[0].startswith("HTTP/1.1 101"), path
+    assert handshake(daemon.port, path="/elsewhere")[0].startswith("HTTP/1.1 404")
