@@ -1,4 +1,4 @@
-"""REST pairing sessions (protocol.md section 2) in Redis, shared by every node: the host
+"""REST pairing sessions (docs/protocol.md section 2) in Redis, shared by every node: the host
 may create on one node, the viewer read and answer on another. The rules (validation,
 attempts guard, tombstones) are those of sscontrold.domain.sessions, applied to a
 ``Session`` read from Redis; every operation returns a Deferred and fails with

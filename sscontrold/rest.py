@@ -1,4 +1,4 @@
-"""The REST session API of protocol.md section 2, mounted at /api on the public site:
+"""The REST session API of docs/protocol.md section 2, mounted at /api on the public site:
 
     POST   /api/session                 create (the host)
     GET    /api/session/{id}            read (the viewer; the host polls it for the answer)

@@ -1,4 +1,4 @@
-"""The REST session API of protocol.md section 2, over real HTTP against the real daemon.
+"""The REST session API of docs/protocol.md section 2, over real HTTP against the real daemon.
 
 Client addresses are simulated with X-Forwarded-For from a trusted proxy (127.0.0.1),
 so that the host and the viewer are different addresses as they are in real life.

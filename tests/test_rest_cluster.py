@@ -1,4 +1,4 @@
-"""The REST session API (protocol.md section 2) on several nodes sharing one real
+"""The REST session API (docs/protocol.md section 2) on several nodes sharing one real
 redis-server: any node serves any step of a session, with the same answers as one
 node (attempts guard, tombstones, conflicts, the count limit), concurrent steps on
 different nodes lose nothing, and Redis going away answers 503 until it is back."""

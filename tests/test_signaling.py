@@ -1,4 +1,4 @@
-"""The WebSocket protocol of protocol.md section 1, against the real daemon."""
+"""The WebSocket protocol of docs/protocol.md section 1, against the real daemon."""
 
 from __future__ import annotations
 

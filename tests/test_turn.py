@@ -1,4 +1,4 @@
-"""TURN REST credentials (protocol.md section 3): the pure function, /turn over HTTP,
+"""TURN REST credentials (docs/protocol.md section 3): the pure function, /turn over HTTP,
 {"type": "turn"} over the WebSocket, and a real coturn that must accept what the
 daemon issues and refuse what it must refuse."""
 

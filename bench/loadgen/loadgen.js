@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 'use strict';
-// Load generator for sscontrol signaling servers (protocol.md section 1).
+// Load generator for sscontrol signaling servers (docs/protocol.md section 1).
 // Prints one JSON line per workload on stdout; progress goes to stderr.
 //
 //   node loadgen.js --url ws://127.0.0.1:8443/ws --workload relay --conns 200 --window 1

@@ -1,5 +1,5 @@
 'use strict';
-// Reference sscontrol signaling relay (protocol.md section 1) on the `ws` package:
+// Reference sscontrol signaling relay (docs/protocol.md section 1) on the `ws` package:
 // what an operator would write in an afternoon. It is the yardstick sscontrold is
 // benchmarked against (bench/run.py), not a product.
 //

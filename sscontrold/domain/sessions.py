@@ -1,4 +1,4 @@
-"""REST pairing sessions (protocol.md section 2): the host posts an offer under a short
+"""REST pairing sessions (docs/protocol.md section 2): the host posts an offer under a short
 session id, the viewer reads it and posts an answer, both trickle ICE candidates.
 
 Pure: no Twisted import. The clock is injected (a callable returning unix seconds);
@@ -13,7 +13,7 @@ sessions shared by several nodes) applies exactly the same rules.
 Errors are ``SessionError`` subclasses carrying the HTTP status and the message the
 REST layer answers with (``{"success": false, "error": message}``).
 
-Compatibility notes (see also protocol.md):
+Compatibility notes (see also docs/protocol.md):
 
 * ``expires_at`` is whole unix seconds, like the Rust REST server (the Worker used
   milliseconds). It is rounded up, so a session lives at least ``ttl`` seconds; it is
