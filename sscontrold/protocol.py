@@ -350,6 +350,9 @@ class SignalingFactory(WebSocketServerFactory):
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=5,
             failByDrop=False,  # a protocol violation gets a close frame with its code (1007, 1009)
+            # setProtocolOptions resets this to False unless given: pages opened from
+            # file:// and sandboxed frames send "Origin: null" and must connect too.
+            allowNullOrigin=True,
             # permessage-deflate is declined (docs/protocol.md, "Compression"): every
             # client offers it, and the handshake answers 101 without the extension.
             perMessageCompressionAccept=decline_compression,

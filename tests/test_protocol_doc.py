@@ -492,15 +492,18 @@ def test_handshake_answers_as_documented(daemon):
     status, _ = handshake(daemon.port, "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99\r\n")
     assert status.startswith("HTTP/1.1 400 ") and status[len("HTTP/1.1 400 "):].replace("\n", " ") in \
         " ".join(text.split())
-    # a subprotocol offered: 101, none selected
-    status, headers = handshake(daemon.port, "Sec-WebSocket-Protocol: sscontrol, chat\r\n")
-    assert status.startswith("HTTP/1.1 101") and "sec-websocket-protocol" not in headers
+    # a subprotocol offered: 101 naming ours, else the first offered
+    status, headers = handshake(daemon.port, "Sec-WebSocket-Protocol: chat, sscontrol\r\n")
+    assert status.startswith("HTTP/1.1 101") and headers["sec-websocket-protocol"] == "sscontrol"
+    status, headers = handshake(daemon.port, "Sec-WebSocket-Protocol: app.v2, json\r\n")
+    assert status.startswith("HTTP/1.1 101") and headers["sec-websocket-protocol"] == "app.v2"
+    assert "sec-websocket-protocol" not in handshake(daemon.port)[1]
+    assert "`sscontrol` when it is\noffered, otherwise the first name offered" in text
     assert handshake(daemon.port, "Sec-WebSocket-Protocol: a, a\r\n")[0].startswith("HTTP/1.1 400")
-    # origins: any with a host; null refused
+    # origins: any, null (file:// pages, sandboxed frames) included
     assert handshake(daemon.port, "Origin: https://app.example\r\n")[0].startswith("HTTP/1.1 101")
-    status, _ = handshake(daemon.port, "Origin: null\r\n")
-    assert status == "HTTP/1.1 400 WebSocket connection denied: origin 'null' not allowed"
-    assert "origin 'null' not allowed" in text
+    assert handshake(daemon.port, "Origin: null\r\n")[0].startswith("HTTP/1.1 101")
+    assert "`Origin: null` (sandboxed frames, pages opened from `file://`) included" in text
     # versions and paths
     status, headers = handshake(daemon.port, version="12")
     assert status.startswith("HTTP/1.1 400") and headers["sec-websocket-version"] == "13,8"
