@@ -38,7 +38,7 @@ def test_banner_health_and_json_404(daemon):
     assert status == 200 and health["status"] == "ok"
     assert {"version", "connections", "rooms"} <= set(health)
     status, headers, body = http("GET", daemon.base + "/no/such/thing")
-    assert status == 404 and json.loads(body) == {"success": False, "error": "not found"}
+    assert status == 404 and json.loads(body) == {"success": False, "error": "not found", "code": "not_found"}
     status, _, body = http("POST", daemon.base + "/health", b"{}")
     assert status == 405 and "error" in json.loads(body)
 
