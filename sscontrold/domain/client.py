@@ -125,6 +125,12 @@ class Client:
         if not self.authenticated:
             self._auth_deadline = clock.callLater(limits.auth_timeout, self._auth_timed_out)
 
+    @property
+    def bound_device(self) -> str | None:
+        """The device this connection authenticated as, when auth is on: resume
+        tokens are bound to it."""
+        return self.device_id if self.authenticator.enabled and self.authenticated else None
+
     # --- to the peer
 
     def send(self, message: dict) -> None:
@@ -379,24 +385,25 @@ class Client:
         except UnknownToken:
             raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
         if isinstance(resumed, Resumed):
-            self._resumed(resumed, token, fresh_id)
+            self._resumed(resumed, fresh_id)
             return None
-        return self._resume_after(resumed, token, fresh_id)  # the peer is on another node
+        return self._resume_after(resumed, fresh_id)  # the peer is on another node
 
-    async def _resume_after(self, pending, token: str, fresh_id: str) -> None:
+    async def _resume_after(self, pending, fresh_id: str) -> None:
         try:
             resumed = await pending
         except UnknownToken:
             raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
         except ClusterUnavailable:
             raise BadMessage("the cluster is unavailable: try again shortly", "cluster_unavailable") from None
-        self._resumed(resumed, token, fresh_id)
+        self._resumed(resumed, fresh_id)
 
-    def _resumed(self, resumed: Resumed, token: str, fresh_id: str) -> None:
+    def _resumed(self, resumed: Resumed, fresh_id: str) -> None:
         self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
         self.send({"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
-                   "peers": [{"id": pid} for pid in resumed.others], "resume_token": token})
+                   "peers": [{"id": pid} for pid in resumed.others],
+                   "resume_token": resumed.token})  # the one used is spent
         for held in resumed.held:
             self.send(held)
 
