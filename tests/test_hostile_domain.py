@@ -1,0 +1,131 @@
+"""Hostile clients against the real daemon (issue 12): the held-peer overflow that
+crashed a join, resume-token theft, session-store exhaustion, guessing, log
+injection, anonymous TURN."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import http_json
+from test_redis import wait_ready
+from wsclient import RawPeer, auth_message, connect
+
+KEY = "hostile-test-key-0123456789"
+
+
+def wait_held(d, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = http_json("GET", d.admin + "/health")
+        if body.get("held_peers") == count:
+            return
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+
+
+# --- 5. a join that overflows a held peer
+
+
+def test_join_after_a_held_peer_fills_its_buffer(daemon_factory):
+    d = daemon_factory("--resume-grace", "30", "--resume-max-messages", "8")
+    a, f = connect(d.ws), connect(d.ws)
+    a_id = a.join("r")["peer_id"]
+    f_id = f.join("r")["peer_id"]
+    assert a.recv()["peer_id"] == f_id
+    h = RawPeer("127.0.0.1", d.port)
+    h.send_json({"type": "join", "room_id": "r"})
+    h_id = h.recv_json()["peer_id"]
+    assert a.recv()["peer_id"] == h_id and f.recv()["peer_id"] == h_id
+    h.drop()  # H's TCP connection drops: its place is held
+    wait_held(d, 1)
+    for i in range(8):  # exactly resume_max_messages
+        f.send({"type": "ice", "to": h_id, "candidate": f"c{i}", "sdp_mid": "0", "sdp_mline_index": 0})
+    assert f.nothing(0.3)  # all relayed (into H's hold)
+    v = connect(d.ws)
+    joined = v.request({"type": "join", "room_id": "r"})
+    assert joined["type"] == "peers", joined  # was: closed with 1011
+    assert sorted(p["id"] for p in joined["peers"]) == sorted([a_id, f_id])
+    v_id = joined["peer_id"]
+    for p in (a, f):
+        assert p.recv() == {"type": "new_peer", "peer_id": v_id}
+        assert p.recv() == {"type": "peer_left", "peer_id": h_id}  # the held peer, evicted
+    assert v.nothing(0.5) and a.nothing(0.1) and f.nothing(0.1)
+    v.send({"type": "offer", "to": a_id, "sdp": "hello"})  # V is a real member
+    assert a.recv() == {"type": "offer", "from": v_id, "to": a_id, "sdp": "hello"}
+    v.close()
+    assert a.recv() == {"type": "peer_left", "peer_id": v_id}  # no ghost left behind
+
+
+# --- 7. resume tokens
+
+
+def authed(d, device: str):
+    p = connect(d.ws)
+    assert p.request(auth_message(KEY, device))["type"] == "auth_success"
+    return p
+
+
+def test_resume_token_is_bound_single_use_and_rotated(daemon_factory):
+    d = daemon_factory("--resume-grace", "30", env={"SSCONTROL_API_KEY": KEY})
+    host = authed(d, "host-device")
+    host_id = host.join("r")["peer_id"]
+    viewer = authed(d, "viewer-device")
+    joined = viewer.join("r")
+    viewer_id, token = joined["peer_id"], joined["resume_token"]
+    assert host.recv()["peer_id"] == viewer_id
+    # another authenticated device that got hold of the token cannot take the peer
+    thief = authed(d, "thief-device")
+    assert thief.request({"type": "resume", "resume_token": token})["code"] == "resume_failed"
+    viewer.send({"type": "offer", "to": host_id, "sdp": "still here"})  # the live peer is undisturbed
+    assert host.recv()["sdp"] == "still here"
+    assert viewer.nothing(0.3)
+    # the device itself comes back on a new connection: the answer carries a new token
+    again = authed(d, "viewer-device")
+    resumed = again.request({"type": "resume", "resume_token": token})
+    assert resumed["type"] == "resumed" and resumed["peer_id"] == viewer_id
+    fresh = resumed["resume_token"]
+    assert fresh and fresh != token
+    assert viewer.closed_with() == 4000
+    # the spent token is refused, even to the same device
+    late = authed(d, "viewer-device")
+    assert late.request({"type": "resume", "resume_token": token})["code"] == "resume_failed"
+    # a clean leave voids the current one
+    again.close()
+    assert host.recv() == {"type": "peer_left", "peer_id": viewer_id}
+    last = authed(d, "viewer-device")
+    assert last.request({"type": "resume", "resume_token": fresh})["code"] == "resume_failed"
+
+
+def test_resume_token_rotation_across_nodes(daemon_factory, redis_server):
+    redis = redis_server()
+    env = {"SSCONTROL_REDIS_URL": redis.url, "SSCONTROL_API_KEY": KEY}
+    n1, n2 = (daemon_factory("--resume-grace", "30", env=env) for _ in range(2))
+    for d in (n1, n2):
+        wait_ready(d, 200)
+    host = authed(n1, "host-device")
+    host_id = host.join("r")["peer_id"]
+    viewer = authed(n1, "viewer-device")
+    joined = viewer.join("r")
+    viewer_id, token = joined["peer_id"], joined["resume_token"]
+    assert host.recv()["peer_id"] == viewer_id
+    thief = authed(n2, "thief-device")  # another device, another node: refused, peer untouched
+    assert thief.request({"type": "resume", "resume_token": token}, timeout=10)["code"] == "resume_failed"
+    viewer.send({"type": "offer", "to": host_id, "sdp": "still here"})
+    assert host.recv()["sdp"] == "still here"
+    moved = authed(n2, "viewer-device")
+    resumed = moved.request({"type": "resume", "resume_token": token}, timeout=10)
+    assert resumed["type"] == "resumed" and resumed["peer_id"] == viewer_id
+    fresh = resumed["resume_token"]
+    assert fresh != token
+    assert viewer.closed_with() == 4000
+    host.send({"type": "offer", "to": viewer_id, "sdp": "to n2"})
+    assert moved.recv()["sdp"] == "to n2"
+    for node in (n1, n2):  # the spent token is refused on every node
+        late = authed(node, "viewer-device")
+        assert late.request({"type": "resume", "resume_token": token}, timeout=10)["code"] == "resume_failed"
+    assert moved.nothing(0.3)  # and those refusals did not disturb the peer
+    back = authed(n1, "viewer-device")  # the new one works, from n2 back to n1
+    resumed = back.request({"type": "resume", "resume_token": fresh}, timeout=10)
+    assert resumed["type"] == "resumed" and resumed["resume_token"] not in (token, fresh)
