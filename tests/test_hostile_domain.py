@@ -4,6 +4,8 @@ injection, anonymous TURN."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 
 import pytest
@@ -129,3 +131,46 @@ def test_resume_token_rotation_across_nodes(daemon_factory, redis_server):
     back = authed(n1, "viewer-device")  # the new one works, from n2 back to n1
     resumed = back.request({"type": "resume", "resume_token": fresh}, timeout=10)
     assert resumed["type"] == "resumed" and resumed["resume_token"] not in (token, fresh)
+
+
+# --- 9. log injection
+
+EVIL = "dev\ninfo auth.accepted device_id=admin\r\x1b[31m\x00\x7f\x9b\u2028end"
+RAW_CONTROLS = ("\r", "\x1b", "\x00", "\x7f", "\x9b", "\u2028")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_client_strings_are_escaped_in_the_log(daemon_factory, fmt):
+    d = daemon_factory("--log-format", fmt, "--trusted-proxies", "127.0.0.1", env={"SSCONTROL_API_KEY": KEY})
+    p = connect(d.ws)
+    bad = auth_message("wrong-key", device_id=EVIL)
+    assert p.request(bad)["code"] == "auth_failed"  # logged: auth.refused with the device id
+    # an address a (trusted) proxy forwards, with control characters in it
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"X-Forwarded-For: 10.0.0.1\x1b[2J\x7f\x9b\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 101")
+    s.close()
+    deadline = time.monotonic() + 5
+    while "connection.close" not in d.log() or "auth.refused" not in d.log():
+        assert time.monotonic() < deadline, d.log()
+        time.sleep(0.05)
+    log = d.log()
+    for c in RAW_CONTROLS:
+        assert c not in log, (c, log)
+    lines = log.splitlines()
+    assert not [line for line in lines if "device_id=admin" in line and not line.startswith(("warn", "{"))]
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]  # every line is one whole record
+        refused = [r for r in records if r["event"] == "auth.refused"]
+        assert refused[0]["device_id"] == ("dev\ninfo auth.accepted device_id=admin\r\x1b[31m\x00"
+                                           "\\x7f\\x9b\\u2028end")
+        opened = [r for r in records if r["event"] == "connection.open" and r["address"].startswith("10.")]
+        assert opened[0]["address"] == "10.0.0.1\x1b[2J\\x7f\\x9b"
+    else:
+        refused = [line for line in lines if line.startswith("warn auth.refused")]
+        assert len(refused) == 1
+        assert ('device_id="dev\\ninfo auth.accepted device_id=admin\\r\\x1b[31m\\x00\\x7f\\x9b\\u2028end"'
+                in refused[0])
+        assert 'address="10.0.0.1\\x1b[2J\\x7f\\x9b"' in log
