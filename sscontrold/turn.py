@@ -157,7 +157,7 @@ class TurnResource(JSONResource):
         apply_cors(request, self.node.settings.cors_origins)
         request.setResponseCode(http.NO_CONTENT)
         request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
-        request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
+        request.setHeader(b"access-control-allow-headers", b"Authorization, X-API-Key, Content-Type")
         request.setHeader(b"access-control-max-age", b"600")
         return b""
 
@@ -236,8 +236,11 @@ class TurnResource(JSONResource):
             return None
         keys = authenticator.policy.api_keys
         authorization = _header(request, b"authorization")
+        api_key_header = _header(request, b"x-api-key")
         given = None
-        if authorization is not None:
+        if api_key_header is not None:  # a header stays out of proxies' access logs, unlike ?key=
+            given = api_key_header.strip()
+        elif authorization is not None:
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 self._refused(address, "bad_authorization_header")
@@ -267,7 +270,7 @@ class TurnResource(JSONResource):
             return device_id
         self._refused(address, "missing_credentials")
         raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key "
-                                              "(Authorization: Bearer, key= or api=) or an HMAC token")
+                                              "(Authorization: Bearer or X-API-Key; key= or api= are legacy) or an HMAC token")
 
     def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:
         AUTH.labels("refused", reason).inc()

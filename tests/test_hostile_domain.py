@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import http_json
+from conftest import http, http_json
 from test_redis import wait_ready
 from wsclient import RawPeer, auth_message, connect
 
@@ -174,3 +174,78 @@ def test_client_strings_are_escaped_in_the_log(daemon_factory, fmt):
         assert ('device_id="dev\\ninfo auth.accepted device_id=admin\\r\\x1b[31m\\x00\\x7f\\x9b\\u2028end"'
                 in refused[0])
         assert 'address="10.0.0.1\\x1b[2J\\x7f\\x9b"' in log
+
+
+# --- 10. TURN with auth off
+
+
+TURN = {"SSCONTROL_TURN_SECRETS": "hostile-turn-secret-5hQ", "SSCONTROL_TURN_URIS": "turn:127.0.0.1:3478"}
+
+
+def test_turn_secret_with_auth_off_is_refused_at_start_unless_meant(daemon_factory, tmp_path):
+    refused = daemon_factory(env=TURN, wait=False)
+    assert refused.proc.wait(20) != 0
+    out = refused.log()
+    assert ("invalid setting turn_secrets from environment variable SSCONTROL_TURN_SECRETS: TURN secrets with "
+            "auth off") in out and "api_keys" in out and "turn_allow_anonymous" in out
+    assert "hostile-turn-secret-5hQ" not in out
+    secret_file = tmp_path / "turn_secrets"
+    secret_file.write_text("hostile-turn-secret-5hQ\n")
+    conf = tmp_path / "turn.conf"
+    conf.write_text(f"[turn]\nturn_secret_file = {secret_file}\nturn_uris = turn:127.0.0.1:3478\n")
+    from_file = daemon_factory("--config", str(conf), wait=False)
+    assert from_file.proc.wait(20) != 0
+    assert f"invalid setting turn_secret_file from {conf} [turn] turn_secret_file: TURN secrets" in from_file.log()
+    meant = daemon_factory(env={**TURN, "SSCONTROL_TURN_ALLOW_ANONYMOUS": "true"})
+    status, body = http_json("GET", meant.base + "/turn")
+    assert status == 200 and body["username"].endswith(":sscontrol")
+
+
+def test_turn_takes_the_api_key_in_a_header(daemon_factory):
+    d = daemon_factory(env={**TURN, "SSCONTROL_API_KEY": KEY})
+    for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
+        status, _, data = http("GET", d.base + "/turn", headers=headers)
+        assert status == 200 and json.loads(data)["password"], data
+    status, _, data = http("GET", d.base + "/turn", headers={"X-API-Key": "wrong"})
+    assert status == 401 and json.loads(data)["success"] is False
+
+
+# --- 6. REST session store exhaustion
+
+
+def create_session(d, sid: str, address: str):
+    body = json.dumps({"session_id": sid, "offer": "v=0", "candidates": [], "ttl": 60}).encode()
+    status, headers, data = http("POST", d.base + "/api/session", body,
+                                 {"content-type": "application/json", "x-forwarded-for": address})
+    return status, {k.lower(): v for k, v in headers.items()}, json.loads(data)
+
+
+def test_sessions_per_address_quota(daemon_factory):
+    d = daemon_factory("--trusted-proxies", "127.0.0.1")
+    for i in range(20):  # the default quota
+        assert create_session(d, f"greedy-{i}", "198.51.100.7")[0] == 201
+    status, headers, body = create_session(d, "greedy-20", "198.51.100.7")
+    assert status == 429 and body == {"success": False,
+                                      "error": "too many live sessions from your address (at most 20)"}
+    assert 1 <= int(headers["retry-after"]) <= 61  # until its first session expires (ttl 60, rounded up)
+    assert create_session(d, "bystander", "203.0.113.9")[0] == 201  # everyone else is served
+    assert http("DELETE", d.base + "/api/session/greedy-0", headers={"x-forwarded-for": "198.51.100.7"})[0] == 200
+    assert create_session(d, "greedy-again", "198.51.100.7")[0] == 201  # a freed place is usable again
+    assert d.log().count("limit.sessions_per_address") == 1  # logged once, not per refusal
+
+
+def test_sessions_per_address_quota_across_nodes(daemon_factory, redis_server):
+    redis = redis_server()
+    n1, n2 = (daemon_factory("--session-max-per-address", "3", "--trusted-proxies", "127.0.0.1",
+                             env={"SSCONTROL_REDIS_URL": redis.url}) for _ in range(2))
+    for d in (n1, n2):
+        wait_ready(d, 200)
+    assert create_session(n1, "a1", "198.51.100.7")[0] == 201
+    assert create_session(n2, "a2", "198.51.100.7")[0] == 201
+    assert create_session(n1, "a3", "198.51.100.7")[0] == 201
+    for node in (n1, n2):
+        status, headers, body = create_session(node, "a4", "198.51.100.7")
+        assert status == 429 and body["success"] is False and int(headers["retry-after"]) >= 1
+    assert create_session(n2, "b1", "203.0.113.9")[0] == 201
+    assert http("DELETE", n2.base + "/api/session/a1")[0] == 200  # deleted on the other node
+    assert create_session(n2, "a4", "198.51.100.7")[0] == 201
