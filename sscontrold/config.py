@@ -143,6 +143,14 @@ FIELDS: tuple[Field, ...] = (
     Field("auth_timeout", "auth", _seconds(0.1), 10.0,
           "With auth on, close (1008) a connection not authenticated after this many seconds."),
     Field("device_allowlist", "auth", _list, (), "If set, only these device ids may authenticate."),
+    Field("auth_failure_limit", "auth", _int_range(1), 10,
+          "Failed authentications (WebSocket auth, /turn keys and tokens) one client address may make "
+          "within auth_failure_window; then its attempts are refused unchecked (/turn: 429, WebSocket: "
+          "close 1008) until the count has decayed."),
+    Field("auth_failure_window", "auth", _seconds(1), 60.0,
+          "Seconds over which auth_failure_limit failures are counted (they decay at limit/window per second)."),
+    Field("auth_failure_log_per_minute", "auth", _int_range(1), 60,
+          "Log lines of failed authentications per minute; the next line says how many were left out (suppressed=)."),
     Field("nonce_store_max", "auth", _int_range(1000), 1_000_000,
           "Most nonces remembered at once; when full, auth is refused rather than replay protection lost."),
     # [limits]

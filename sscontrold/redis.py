@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from .domain.auth import AuthRefused
 from .domain.cluster import ClusterUnavailable
+from .domain.compare import same_secret
 from .logging import Events
 
 
@@ -107,7 +108,7 @@ class RedisLink(Service):
         the running connection (authenticated with the old one) stays. So the
         password rotates without a gap: give Redis both, reload, drop the old."""
         password = settings.redis_password or (unquote(self._parts.password) if self._parts.password else None)
-        if password == self.password or password == self._switching:
+        if same_secret(password, self.password) or same_secret(password, self._switching):
             return None
         self._switching = password
         d = self._connect(password, lazy=False)
@@ -115,14 +116,14 @@ class RedisLink(Service):
 
         def accepted(trial):
             trial.disconnect()
-            if self._switching == password:
+            if same_secret(self._switching, password):
                 old, self.connection = self.connection, self._connect(password)
                 self.password, self._switching = password, None
                 events.emit("info", "redis.password_changed", address=self._address)
                 old.disconnect()
 
         def refused(failure):
-            if self._switching == password:
+            if same_secret(self._switching, password):
                 self._switching = None
             # txredisapi's message names the reason (WRONGPASS...), never the password
             events.emit("error", "redis.password_refused", address=self._address,

@@ -249,3 +249,32 @@ def test_sessions_per_address_quota_across_nodes(daemon_factory, redis_server):
     assert create_session(n2, "b1", "203.0.113.9")[0] == 201
     assert http("DELETE", n2.base + "/api/session/a1")[0] == 200  # deleted on the other node
     assert create_session(n2, "a4", "198.51.100.7")[0] == 201
+
+
+# --- 8. guessing: throttled per address, failure lines within a budget
+
+
+def test_failed_auth_is_throttled_per_address(daemon_factory):
+    d = daemon_factory("--auth-failure-limit", "3", "--auth-failure-window", "60",
+                       "--auth-failure-log-per-minute", "2", "--trusted-proxies", "127.0.0.1",
+                       env={**TURN, "SSCONTROL_API_KEY": KEY})
+    guesser = connect(d.ws, additional_headers={"X-Forwarded-For": "198.51.100.66"})
+    for _ in range(3):
+        assert guesser.request(auth_message("guess", device_id="g"))["code"] == "auth_failed"
+    # from now on the address is refused, even with the right key, before any check
+    again = connect(d.ws, additional_headers={"X-Forwarded-For": "198.51.100.66"})
+    again.send(auth_message(KEY))
+    assert again.closed_with() == 1008
+    status, headers, data = http("GET", d.base + "/turn", headers={"X-API-Key": KEY,
+                                                                    "X-Forwarded-For": "198.51.100.66"})
+    assert status == 429 and json.loads(data)["success"] is False and int(headers["Retry-After"]) >= 1
+    # another address is served as usual
+    bystander = connect(d.ws, additional_headers={"X-Forwarded-For": "203.0.113.5"})
+    assert bystander.request(auth_message(KEY))["type"] == "auth_success"
+    assert http("GET", d.base + "/turn", headers={"X-API-Key": KEY, "X-Forwarded-For": "203.0.113.5"})[0] == 200
+    # /turn failures count for the same address as WebSocket ones
+    for _ in range(3):
+        assert http("GET", d.base + "/turn", headers={"X-API-Key": "nope", "X-Forwarded-For": "192.0.2.9"})[0] == 401
+    assert http("GET", d.base + "/turn", headers={"X-API-Key": KEY, "X-Forwarded-For": "192.0.2.9"})[0] == 429
+    log = d.log()  # 6 failures and 3 throttled attempts: 2 lines in the minute's budget
+    assert log.count(" auth.refused ") + log.count(" auth.throttled ") == 2, log

@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from ..metrics import MessageCounter
 from .auth import Authenticator, AuthRefused
 from .cluster import ClusterUnavailable
-from .limits import TokenBucket
+from .limits import FailureGuard, TokenBucket
 from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
@@ -101,6 +101,7 @@ class Client:
         address: str,
         extensions: dict[str, Callable[["Client", dict], None]] | None = None,
         spawn: Callable[[Any], None] | None = None,
+        failures: FailureGuard | None = None,
     ):
         self.connection = connection
         self.hub = hub
@@ -120,6 +121,7 @@ class Client:
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
         self._extensions = extensions or {}
         self._spawn = spawn  # runs a coroutine to its end (the adapter's event loop)
+        self._failures = failures  # failed auths per address (shared by the node's connections)
         self._waiting: deque | None = None
         self._auth_deadline = None
         if not self.authenticated:
@@ -299,6 +301,14 @@ class Client:
             self.device_id = device_id
             self.send({"type": "auth_success", "message": "authentication is disabled on this server"})
             return None
+        failures = self._failures
+        if failures is not None and failures.throttle.retry_after(self.address) > 0:
+            # Too many failures from this address of late: not even checked.
+            failures.throttle.failed(self.address)
+            AUTH.labels("refused", "throttled").inc()
+            failures.emit(self.events, "warn", "auth.throttled", address=self.address, via="websocket")
+            self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts from your address")
+            return None
         try:
             pending = self.authenticator.verify(device_id, timestamp, nonce, token)
         except AuthRefused as refused:
@@ -320,8 +330,13 @@ class Client:
     def _auth_refused(self, device_id: str, refused: AuthRefused) -> None:
         self._auth_failures += 1
         AUTH.labels("refused", refused.reason).inc()
-        self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
-                         reason=refused.reason)
+        if self._failures is not None:
+            self._failures.throttle.failed(self.address)
+            self._failures.emit(self.events, "warn", "auth.refused", address=self.address, device_id=device_id,
+                                reason=refused.reason)
+        else:
+            self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
+                             reason=refused.reason)
         self.send_error(refused.message, "auth_failed")
         if self._auth_failures >= MAX_AUTH_FAILURES:
             self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")

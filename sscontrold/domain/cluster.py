@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from .compare import same_secret
 from .rooms import (RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device,
-                    new_token, same_secret)
+                    new_token)
 
 HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
 MARKER_TIMEOUT = 2.0  # seconds a moved peer's direct messages wait for the old route to drain

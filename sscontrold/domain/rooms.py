@@ -5,7 +5,6 @@ grace period, with the messages sent to it, until it comes back or the grace end
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from typing import Any, Callable, Protocol
 
 import orjson
 from prometheus_client import Counter, Gauge
+
+from .compare import same_secret
 
 ROOMS = Gauge("sscontrol_rooms", "Rooms with at least one member on this node.")
 RESUMES = Counter("sscontrol_resumes_total", "Resume attempts by result.", ["result"])
@@ -92,13 +93,6 @@ class Resumed:
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def same_secret(a: str | None, b: str | None) -> bool:
-    """Constant-time equality of two secrets (None equals only None)."""
-    if a is None or b is None:
-        return a is b
-    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
 
 
 def bound_device(member: Any) -> str | None:
