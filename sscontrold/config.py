@@ -143,6 +143,14 @@ FIELDS: tuple[Field, ...] = (
     Field("auth_timeout", "auth", _seconds(0.1), 10.0,
           "With auth on, close (1008) a connection not authenticated after this many seconds."),
     Field("device_allowlist", "auth", _list, (), "If set, only these device ids may authenticate."),
+    Field("auth_failure_limit", "auth", _int_range(1), 10,
+          "Failed authentications (WebSocket auth, /turn keys and tokens) one client address may make "
+          "within auth_failure_window; then its attempts are refused unchecked (/turn: 429, WebSocket: "
+          "close 1008) until the count has decayed."),
+    Field("auth_failure_window", "auth", _seconds(1), 60.0,
+          "Seconds over which auth_failure_limit failures are counted (they decay at limit/window per second)."),
+    Field("auth_failure_log_per_minute", "auth", _int_range(1), 60,
+          "Log lines of failed authentications per minute; the next line says how many were left out (suppressed=)."),
     Field("nonce_store_max", "auth", _int_range(1000), 1_000_000,
           "Most nonces remembered at once; when full, auth is refused rather than replay protection lost."),
     # [limits]
@@ -184,6 +192,9 @@ FIELDS: tuple[Field, ...] = (
           "turn:turn.example.com:3478?transport=udp turns:turn.example.com:5349?transport=tcp"),
     Field("turn_ttl", "turn", _int_range(60, 7 * 86400), 86400, "Lifetime of TURN credentials, in seconds."),
     Field("turn_user", "turn", _str, "sscontrol", "User part of TURN usernames when the caller names none."),
+    Field("turn_allow_anonymous", "turn", _bool, False,
+          "Hand out TURN credentials to anyone while auth is off (api_keys empty). Off: a TURN secret "
+          "without an API key is a configuration error, so a relay is never opened to the world by mistake."),
     # [sessions]
     Field("session_ttl", "sessions", _int_range(10), 300, "Default lifetime of a REST session, in seconds."),
     Field("session_ttl_max", "sessions", _int_range(10), 3600, "Longest REST session lifetime a client may ask for."),
@@ -193,6 +204,9 @@ FIELDS: tuple[Field, ...] = (
     # Each session may hold up to ~400 KiB (bodies and candidate lists at their caps):
     # 2000 of them stay within the unit's MemoryMax.
     Field("session_max_count", "sessions", _int_range(1), 2000, "REST sessions held at once."),
+    Field("session_max_per_address", "sessions", _int_range(1), 20,
+          "Live REST sessions one client address may have created (over all nodes with Redis); the "
+          "next create gets 429 with Retry-After, so a few addresses cannot fill session_max_count."),
     Field("session_body_max_bytes", "sessions", _int_range(1024), 65536, "Largest REST request body."),
     Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
     Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),
@@ -376,6 +390,16 @@ def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
         fail("session_ttl", "must not exceed session_ttl_max")
     if values["turn_secrets"] and not values["turn_uris"]:
         fail("turn_uris", "must be set when TURN secrets are configured")
+    if values["turn_secrets"] and not values["api_keys"] and not values["turn_allow_anonymous"]:
+        key, source = "turn_secrets", sources["turn_secrets"]
+        if source == "the built-in default":  # the secrets came from a file or a credential
+            if values["turn_secret_file"] is not None:
+                key, source = "turn_secret_file", sources["turn_secret_file"]
+            else:
+                source = "systemd credential turn_secrets"
+        raise ConfigError(f"invalid setting {key} from {source}: TURN secrets with auth off (api_keys "
+                          "empty) would give TURN credentials to anyone: set api_keys (or api_key_file), "
+                          "or turn_allow_anonymous = true to mean it")
     if values["reuse_port"] and not values["redis_url"]:
         fail("reuse_port", "needs redis_url: processes sharing a port must share their rooms")
     if values["admin_enabled"] and values["admin_port"] == values["port"] and values["port"] != 0:

@@ -49,11 +49,41 @@ class Events:
         _log.emit(LEVELS[level], "{sscontrol_event}", sscontrol_event=event, sscontrol_fields=fields)
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str) -> str:
+    if c in _NAMED:
+        return _NAMED[c]
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with every non-printable character (CR, LF, ESC, NUL, the other C0
+    and C1 controls, DEL, line and paragraph separators...) written as a
+    backslash escape: a client-chosen string can neither start a forged log line
+    nor drive the terminal that shows the log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+
+
 def _quote(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' ="\\\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if not text or not text.isprintable() or any(c in text for c in ' ="\\'):
+        # Backslashes are doubled first, so an escape we write is told from one sent to us.
+        return '"' + escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     return text
+
+
+def _clean(value: Any) -> Any:
+    """A field's value for a JSON line. JSON itself escapes CR, LF, ESC, NUL and the
+    other C0 controls (a traceback's lines stay lines once decoded); the rest it
+    would write raw (DEL, C1 controls such as CSI, line separators) is escaped here."""
+    if isinstance(value, str) and not value.isprintable():
+        return "".join(c if c.isprintable() or c < " " else _escape_char(c) for c in value)
+    return value
 
 
 def _event_parts(event: dict) -> tuple[str, dict]:
@@ -80,7 +110,7 @@ class LineObserver:
         level = event.get("log_level", LogLevel.info)
         name, fields = _event_parts(event)
         if self._json:
-            record = {"level": level.name, "event": name, **fields}
+            record = {"level": level.name, "event": name, **{k: _clean(v) for k, v in fields.items()}}
             if not self._journal:
                 record["time"] = event.get("log_time")
             line = orjson.dumps(record, default=str).decode()

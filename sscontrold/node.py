@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
 from .domain.client import Client, MessageLimits
-from .domain.limits import ConnectionCounter
+from .domain.limits import ConnectionCounter, FailureGuard
 from .domain.cluster import ClusterHub
 from .domain.rooms import HoldLimits, Hub
 
@@ -92,10 +92,12 @@ class SignalingNode:
         self.trusted_proxies = frozenset(settings.trusted_proxies)
         self.extensions: dict[str, Any] = {}
         self.draining = False
+        self.failures = FailureGuard(clock.seconds, settings.auth_failure_limit, settings.auth_failure_window,
+                                     settings.auth_failure_log_per_minute)
 
     def new_client(self, connection, address: str) -> Client:
         return Client(connection, self.hub, self.authenticator, self.limits, self.clock,
-                      self.events, address, self.extensions, spawn)
+                      self.events, address, self.extensions, spawn, self.failures)
 
     def apply(self, settings) -> None:
         """Take new settings: new connections (and new messages) see them; none is closed."""
@@ -107,6 +109,8 @@ class SignalingNode:
         self.connections.max_per_address = settings.max_connections_per_ip
         self.limits = message_limits(settings)
         self.trusted_proxies = frozenset(settings.trusted_proxies)
+        self.failures.configure(settings.auth_failure_limit, settings.auth_failure_window,
+                                settings.auth_failure_log_per_minute)
 
     @property
     def clustered(self) -> bool:

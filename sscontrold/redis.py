@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from .domain.auth import AuthRefused
 from .domain.cluster import ClusterUnavailable
+from .domain.compare import same_secret
 from .logging import Events
 
 
@@ -107,7 +108,7 @@ class RedisLink(Service):
         the running connection (authenticated with the old one) stays. So the
         password rotates without a gap: give Redis both, reload, drop the old."""
         password = settings.redis_password or (unquote(self._parts.password) if self._parts.password else None)
-        if password == self.password or password == self._switching:
+        if same_secret(password, self.password) or same_secret(password, self._switching):
             return None
         self._switching = password
         d = self._connect(password, lazy=False)
@@ -115,14 +116,14 @@ class RedisLink(Service):
 
         def accepted(trial):
             trial.disconnect()
-            if self._switching == password:
+            if same_secret(self._switching, password):
                 old, self.connection = self.connection, self._connect(password)
                 self.password, self._switching = password, None
                 events.emit("info", "redis.password_changed", address=self._address)
                 old.disconnect()
 
         def refused(failure):
-            if self._switching == password:
+            if same_secret(self._switching, password):
                 self._switching = None
             # txredisapi's message names the reason (WRONGPASS...), never the password
             events.emit("error", "redis.password_refused", address=self._address,
@@ -242,13 +243,25 @@ return out
 """
 
 
+# KEYS: room, old node's members, new node's members, old token, new token.
+# ARGV: peer, old node, new node, old entry, new entry, new token's record, old token.
 MOVE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 end
 redis.call('SREM', KEYS[2], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[4])
-if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[6]) end
+redis.call('SADD', KEYS[3], ARGV[5])
+if ARGV[7] ~= '' then redis.call('DEL', KEYS[4]) end
+redis.call('SET', KEYS[5], ARGV[6])
+return 1
+"""
+
+# A resume on the node that holds the peer spends its token for a new one.
+# KEYS: this node's members, old token, new token. ARGV: old entry, new entry, record.
+ROTATE = """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then redis.call('SADD', KEYS[1], ARGV[2]) end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -343,13 +356,23 @@ class RedisCluster(Service):
         d = self.link.call("get", f"{self.link.prefix}token:{token}")
         return d.addCallback(lambda raw: orjson.loads(raw) if raw else None)
 
-    def move(self, room_id: str, peer_id: str, token: str, new_node: str):
+    def move(self, room_id: str, peer_id: str, token: str, new_node: str, new_token: str):
         p = self.link.prefix
         entry = orjson.dumps([room_id, peer_id, token]).decode()
+        new_entry = orjson.dumps([room_id, peer_id, new_token]).decode()
         return self.link.call("eval", MOVE, [f"{p}room:{room_id}", self._members_key,
-                                             f"{p}node:{new_node}:members", f"{p}token:{token}"],
-                              [peer_id, self.node_id, new_node, entry, token,
-                               orjson.dumps({"peer": peer_id, "room": room_id, "node": new_node}).decode()])
+                                             f"{p}node:{new_node}:members", f"{p}token:{token}",
+                                             f"{p}token:{new_token}"],
+                              [peer_id, self.node_id, new_node, entry, new_entry,
+                               orjson.dumps({"peer": peer_id, "room": room_id, "node": new_node}).decode(), token])
+
+    def rotate(self, room_id: str, peer_id: str, token: str, new_token: str):
+        p = self.link.prefix
+        entry = orjson.dumps([room_id, peer_id, token]).decode()
+        new_entry = orjson.dumps([room_id, peer_id, new_token]).decode()
+        return self.link.call("eval", ROTATE, [self._members_key, f"{p}token:{token}", f"{p}token:{new_token}"],
+                              [entry, new_entry,
+                               orjson.dumps({"peer": peer_id, "room": room_id, "node": self.node_id}).decode()])
 
     def members(self, room_id: str):
         return self.link.call("hgetall", f"{self.link.prefix}room:{room_id}")  # txredisapi: a dict

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from .domain.sessions import (
     EXCEEDED, NOT_COUNTED, SESSIONS_GAUGE, TOMBSTONE_SECONDS, Conflict, Gone, NotFound, Session,
     SessionError, SessionLimits, StoreFull, TooManyAttempts, answer_change, count_attempt, ice_change,
-    new_session, validate_session_id)
+    new_session, quota_exceeded, validate_session_id)
 from .redis import RedisLink, RedisUnavailable
 
 log = Logger(namespace="sscontrold.redis_sessions")
@@ -49,18 +49,29 @@ CAS_TRIES = 32  # read-modify-write rounds before giving up (each lost round is 
 _EXPIRED = "expired"
 _ATTEMPTS = "attempts"
 
-# KEYS: session, gone, index. ARGV: json, px, gone px, now, max count, id, expires_at.
+# KEYS: session, gone, index, owner's index. ARGV: json, px, gone px, now, max count, id,
+# expires_at, max per owner ('' for no owner).
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+if ARGV[8] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[4])
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then
+    return 'quota:' .. redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return 'full' end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], 'expired', 'PX', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
+if ARGV[8] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
+end
 return 'created'
 """
 
-# KEYS: session, gone, index. ARGV: SHA-1 of the value read, new json ('' to drop),
+# KEYS: session, gone, index, owner's index. ARGV: SHA-1 of the value read, new json ('' to drop),
 # tombstone ('' for none), tombstone px, id.
 CAS = """
 local current = redis.call('GET', KEYS[1])
@@ -71,6 +82,7 @@ if ARGV[2] ~= '' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[5])
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 else
@@ -149,11 +161,14 @@ class RedisSessionStore:
         session = new_session(body, limits, now, owner)
         ttl_ms = max(1, int((session.expires_at - now) * 1000))
         sid = session.session_id
-        reply = await self._call("eval", CREATE, [self._key(sid), self._gone(sid), self._index],
+        reply = await self._call("eval", CREATE, [self._key(sid), self._gone(sid), self._index, self._owner(owner)],
                                  [self._encode(session), ttl_ms, ttl_ms + TOMBSTONE_SECONDS * 1000,
-                                  repr(now), limits.max_count, sid, session.expires_at])
+                                  repr(now), limits.max_count, sid, session.expires_at,
+                                  "" if owner is None else limits.max_per_owner])
         if reply == "exists":
             raise Conflict("session already exists")
+        if isinstance(reply, str) and reply.startswith("quota:"):
+            raise quota_exceeded(limits.max_per_owner, float(reply[6:]), now)
         if reply == "full":
             raise StoreFull("too many sessions, try again later")
         return session
@@ -225,7 +240,9 @@ class RedisSessionStore:
     async def _cas(self, raw: str, session_id: str, session: Session | None, tombstone: str | None = None) -> bool:
         """Replace the stored ``raw`` with ``session`` (or drop it, leaving ``tombstone``)
         if nobody changed it since it was read."""
-        reply = await self._call("eval", CAS, [self._key(session_id), self._gone(session_id), self._index],
+        owner = orjson.loads(raw).get("owner")
+        reply = await self._call("eval", CAS, [self._key(session_id), self._gone(session_id), self._index,
+                                               self._owner(owner)],
                                  [_sha1(raw), "" if session is None else self._encode(session), tombstone or "",
                                   TOMBSTONE_SECONDS * 1000, session_id])
         return reply == 1
@@ -243,6 +260,10 @@ class RedisSessionStore:
 
     def _key(self, session_id: str) -> str:
         return f"{self._link.prefix}session:{session_id}"
+
+    def _owner(self, owner: str | None) -> str:
+        """The sorted set of a creator address's live sessions (its quota, over all nodes)."""
+        return f"{self._link.prefix}owner:{owner or ''}"
 
     def _gone(self, session_id: str) -> str:
         return f"{self._link.prefix}session:{session_id}:gone"

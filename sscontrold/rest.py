@@ -25,6 +25,7 @@ import math
 from collections import OrderedDict
 from typing import Callable
 
+from prometheus_client import Counter
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -34,13 +35,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.limits import TokenBucket
-from .domain.sessions import SessionError, SessionLimits, SessionStore, StoreFull
+from .domain.sessions import QuotaExceeded, SessionError, SessionLimits, SessionStore, StoreFull
 from .protocol import client_address
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
 from .web import HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body
 
 log = Logger(namespace="sscontrold.rest")
+
+SESSION_QUOTA_REFUSED = Counter("sscontrol_session_quota_refused_total",
+                                "REST session creations refused: the address holds session_max_per_address.")
 
 TOO_MANY_REQUESTS = 429  # not among twisted.web.http's names
 PREFLIGHT_MAX_AGE = b"3600"
@@ -54,6 +58,7 @@ def session_limits(settings) -> SessionLimits:
         ttl_max=settings.session_ttl_max,
         max_attempts=settings.session_max_attempts,
         max_count=settings.session_max_count,
+        max_per_owner=settings.session_max_per_address,
         max_sdp_bytes=settings.max_sdp_bytes,
         max_candidate_bytes=settings.max_candidate_bytes,
         max_mid_length=settings.max_id_length,
@@ -222,6 +227,12 @@ class SessionResource(Resource):
                 api.node.events.emit("warn", "session.attempts_exceeded", address=address)
             elif isinstance(e, StoreFull):
                 api.node.events.emit("warn", "limit.sessions", address=address, sessions=store.count())
+            if isinstance(e, QuotaExceeded):
+                SESSION_QUOTA_REFUSED.inc()
+                if api.quota_log.allow(address)[0]:  # one line per address per minute, not per refusal
+                    api.node.events.emit("warn", "limit.sessions_per_address", address=address,
+                                         limit=api.limits.max_per_owner)
+                request.setHeader(b"retry-after", str(e.retry_after).encode())
             return error_response(request, e.status, e.message, e.code)
         except RedisUnavailable:
             request.setHeader(b"retry-after", b"1")
@@ -286,6 +297,7 @@ class SessionExpiry(Service):
         try:
             dropped = self._api.store.expire()
             self._api.rate.sweep()
+            self._api.quota_log.sweep()
             if dropped:
                 self._api.node.events.emit("debug", "session.expired", count=dropped,
                                            sessions=self._api.store.count())
@@ -305,6 +317,7 @@ class SessionAPI:
         else:
             self.store = RedisSessionStore(redis, lambda: self.limits)
         self.rate = AddressRateLimiter(node.clock.seconds, node.settings.session_rate_per_minute)
+        self.quota_log = AddressRateLimiter(node.clock.seconds, 1)
         self.resource = SessionResource(self)
         self.service = SessionExpiry(self, node.clock)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from prometheus_client import Counter
@@ -23,11 +24,13 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.auth import AuthRefused
+from .domain.compare import same_secret
 from .domain.client import AUTH, BadMessage, Client
 from .protocol import client_address
 from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
 
 MAX_USER_LENGTH = 128
+TOO_MANY_REQUESTS = 429
 NOT_CONFIGURED = "TURN is not configured"
 
 CREDENTIALS_ISSUED = Counter(
@@ -87,16 +90,11 @@ def pick_user(settings, device_id: str | None = None, requested: Any = None) -> 
     return settings.turn_user
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-
-
 def api_key_matches(keys: Sequence[str], given: str) -> bool:
     """Constant time in the key's content and length; every key is compared (no early exit)."""
-    given_digest = _digest(given)
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(_digest(key), given_digest)
+        matched |= same_secret(key, given)
     return matched
 
 
@@ -157,7 +155,7 @@ class TurnResource(JSONResource):
         apply_cors(request, self.node.settings.cors_origins)
         request.setResponseCode(http.NO_CONTENT)
         request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
-        request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type")
+        request.setHeader(b"access-control-allow-headers", b"Authorization, X-API-Key, Content-Type")
         request.setHeader(b"access-control-max-age", b"600")
         return b""
 
@@ -177,6 +175,13 @@ class TurnResource(JSONResource):
             return error_response(request, http.NOT_FOUND, NOT_CONFIGURED, "turn_unavailable")
         peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
         address = client_address(peer, _header(request, b"x-forwarded-for"), node.trusted_proxies)
+        wait = node.failures.throttle.retry_after(address) if node.authenticator.enabled else 0
+        if wait > 0:  # too many failures from this address of late: not even checked
+            node.failures.throttle.failed(address)
+            AUTH.labels("refused", "throttled").inc()
+            node.failures.emit(node.events, "warn", "auth.throttled", address=address, via="turn")
+            request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
+            return error_response(request, TOO_MANY_REQUESTS, "too many failed attempts, retry later")
         try:
             params = _request_params(request, settings.session_body_max_bytes)
             service = params.get("service")
@@ -236,8 +241,11 @@ class TurnResource(JSONResource):
             return None
         keys = authenticator.policy.api_keys
         authorization = _header(request, b"authorization")
+        api_key_header = _header(request, b"x-api-key")
         given = None
-        if authorization is not None:
+        if api_key_header is not None:  # a header stays out of proxies' access logs, unlike ?key=
+            given = api_key_header.strip()
+        elif authorization is not None:
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 self._refused(address, "bad_authorization_header")
@@ -267,12 +275,13 @@ class TurnResource(JSONResource):
             return device_id
         self._refused(address, "missing_credentials")
         raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key "
-                                              "(Authorization: Bearer, key= or api=) or an HMAC token")
+                                              "(Authorization: Bearer or X-API-Key; key= or api= are legacy) or an HMAC token")
 
     def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:
         AUTH.labels("refused", reason).inc()
-        self.node.events.emit("warn", "auth.refused", address=address, device_id=device_id,
-                              reason=reason, via="turn")
+        self.node.failures.throttle.failed(address)
+        self.node.failures.emit(self.node.events, "warn", "auth.refused", address=address, device_id=device_id,
+                                reason=reason, via="turn")
 
 
 def _header(request: Request, name: bytes) -> str | None:

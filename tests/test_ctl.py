@@ -68,7 +68,8 @@ def write(path: Path, text: str) -> str:
 def turn_conf(tmp_path: Path, ttl: int = 3600) -> str:
     secret_file = write(tmp_path / "turn_secrets", f"# current\n{SECRET}\nctl-test-turn-secret-old\n")
     return write(tmp_path / "turn.conf", f"[turn]\nturn_secret_file = {secret_file}\n"
-                                         f"turn_uris = {' '.join(URIS)}\nturn_ttl = {ttl}\n")
+                                         f"turn_uris = {' '.join(URIS)}\nturn_ttl = {ttl}\n"
+                                         "turn_allow_anonymous = true\n")
 
 
 def hmac_sha256_hex(key: str, msg: str) -> str:

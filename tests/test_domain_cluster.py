@@ -50,9 +50,14 @@ class NodeStore:
     async def token(self, token):
         return self.shared.tokens.get(token)
 
-    async def move(self, room_id, peer_id, token, new_node):
+    async def move(self, room_id, peer_id, token, new_node, new_token):
         self.shared.rooms[room_id][peer_id] = new_node
-        self.shared.tokens[token]["node"] = new_node
+        self.shared.tokens.pop(token, None)
+        self.shared.tokens[new_token] = {"peer": peer_id, "room": room_id, "node": new_node}
+
+    async def rotate(self, room_id, peer_id, token, new_token):
+        self.shared.tokens.pop(token, None)
+        self.shared.tokens[new_token] = {"peer": peer_id, "room": room_id, "node": self.node_id}
 
     async def leave(self, room_id, peer_id, token):
         room = self.shared.rooms.get(room_id, {})
@@ -210,7 +215,10 @@ def test_resume_on_another_node_keeps_order_and_causes_no_churn(nodes):
     for member in (host, third):
         assert not [m for m in member.got if m.get("type") in ("peer_left", "new_peer")
                     and m.get("peer_id") == "viewer"]
-    assert shared.rooms["r"]["viewer"] == "n2" and shared.tokens[token]["node"] == "n2"
+    assert shared.rooms["r"]["viewer"] == "n2"
+    # the token was spent: the store knows only the new one, which n2 handed out
+    assert token not in shared.tokens and resumed.token != token
+    assert shared.tokens[resumed.token]["node"] == "n2" and h2.resume_token(newer) == resumed.token
     assert h1.room_of(viewer) is None and h1.held_count == 0
 
 

@@ -47,6 +47,7 @@ class Endpoint:
                 self.peer = connect(self.pick().ws)
                 reply = self.peer.request({"type": "resume", "resume_token": self.token})
                 assert reply["type"] == "resumed" and reply["peer_id"] == self.peer_id, reply
+                self.token = reply["resume_token"]  # a token is spent by its resume: the next one is here
                 self.resumes += 1
                 return reply
             except (OSError, ConnectionClosed, AssertionError, TimeoutError):

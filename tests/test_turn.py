@@ -39,7 +39,8 @@ OLD_SECRET = "turn-secret-previous-3Lw8"
 def turn_env(coturn=None, secrets=(SECRET, OLD_SECRET), **extra) -> dict:
     uri = coturn.uri if coturn is not None else "turn:127.0.0.1:3478?transport=udp"
     env = {"SSCONTROL_TURN_SECRETS": " ".join(secrets),
-           "SSCONTROL_TURN_URIS": f"{uri} turns:turn.example.com:5349?transport=tcp"}
+           "SSCONTROL_TURN_URIS": f"{uri} turns:turn.example.com:5349?transport=tcp",
+           "SSCONTROL_TURN_ALLOW_ANONYMOUS": "true"}  # these tests mean it when auth is off
     env.update(extra)
     return env
 
@@ -105,7 +106,7 @@ def test_api_key_comparison():
 
 def test_resource_reads_settings_at_request_time_and_counts(tmp_path):
     """A reload (node.apply) changes the signing secret for the very next request."""
-    base = {"SSCONTROL_TURN_URIS": "turn:127.0.0.1:3478"}
+    base = {"SSCONTROL_TURN_URIS": "turn:127.0.0.1:3478", "SSCONTROL_TURN_ALLOW_ANONYMOUS": "true"}
     node = SignalingNode(settings_from(tmp_path, **base), Clock(), Events())
     node.clock.advance(1_800_000_000)
     resource = TurnResource(node)
@@ -139,7 +140,7 @@ class FakeClient:
 
 
 def test_websocket_handler_counts_and_refuses_when_unconfigured(tmp_path):
-    base = {"SSCONTROL_TURN_URIS": "turn:127.0.0.1:3478"}
+    base = {"SSCONTROL_TURN_URIS": "turn:127.0.0.1:3478", "SSCONTROL_TURN_ALLOW_ANONYMOUS": "true"}
     node = SignalingNode(settings_from(tmp_path, **base), Clock(), Events())
     handler = websocket_turn(node)
     client = FakeClient()

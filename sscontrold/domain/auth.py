@@ -11,6 +11,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
+from .compare import same_secret
+
 
 class AuthRefused(Exception):
     """The credentials were refused; ``reason`` is a stable, low-cardinality label."""
@@ -121,8 +123,7 @@ async def _refuse_replay(fresh) -> None:
 
 
 def _matches_any(keys: Iterable[str], device_id: str, timestamp: int, nonce: str, token: str) -> bool:
-    given = token.encode("ascii", "replace")
     matched = False
     for key in keys:  # no early exit: the time taken does not say which key matched
-        matched |= hmac.compare_digest(compute_token(key, device_id, timestamp, nonce).encode(), given)
+        matched |= same_secret(compute_token(key, device_id, timestamp, nonce), token)
     return matched

@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from ..metrics import MessageCounter
 from .auth import Authenticator, AuthRefused
 from .cluster import ClusterUnavailable
-from .limits import TokenBucket
+from .limits import FailureGuard, TokenBucket
 from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
@@ -101,6 +101,7 @@ class Client:
         address: str,
         extensions: dict[str, Callable[["Client", dict], None]] | None = None,
         spawn: Callable[[Any], None] | None = None,
+        failures: FailureGuard | None = None,
     ):
         self.connection = connection
         self.hub = hub
@@ -120,10 +121,17 @@ class Client:
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, limits.rate_strikes, clock.seconds)
         self._extensions = extensions or {}
         self._spawn = spawn  # runs a coroutine to its end (the adapter's event loop)
+        self._failures = failures  # failed auths per address (shared by the node's connections)
         self._waiting: deque | None = None
         self._auth_deadline = None
         if not self.authenticated:
             self._auth_deadline = clock.callLater(limits.auth_timeout, self._auth_timed_out)
+
+    @property
+    def bound_device(self) -> str | None:
+        """The device this connection authenticated as, when auth is on: resume
+        tokens are bound to it."""
+        return self.device_id if self.authenticator.enabled and self.authenticated else None
 
     # --- to the peer
 
@@ -293,6 +301,14 @@ class Client:
             self.device_id = device_id
             self.send({"type": "auth_success", "message": "authentication is disabled on this server"})
             return None
+        failures = self._failures
+        if failures is not None and failures.throttle.retry_after(self.address) > 0:
+            # Too many failures from this address of late: not even checked.
+            failures.throttle.failed(self.address)
+            AUTH.labels("refused", "throttled").inc()
+            failures.emit(self.events, "warn", "auth.throttled", address=self.address, via="websocket")
+            self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts from your address")
+            return None
         try:
             pending = self.authenticator.verify(device_id, timestamp, nonce, token)
         except AuthRefused as refused:
@@ -314,8 +330,13 @@ class Client:
     def _auth_refused(self, device_id: str, refused: AuthRefused) -> None:
         self._auth_failures += 1
         AUTH.labels("refused", refused.reason).inc()
-        self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
-                         reason=refused.reason)
+        if self._failures is not None:
+            self._failures.throttle.failed(self.address)
+            self._failures.emit(self.events, "warn", "auth.refused", address=self.address, device_id=device_id,
+                                reason=refused.reason)
+        else:
+            self.events.emit("warn", "auth.refused", address=self.address, device_id=device_id,
+                             reason=refused.reason)
         self.send_error(refused.message, "auth_failed")
         if self._auth_failures >= MAX_AUTH_FAILURES:
             self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")
@@ -379,24 +400,25 @@ class Client:
         except UnknownToken:
             raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
         if isinstance(resumed, Resumed):
-            self._resumed(resumed, token, fresh_id)
+            self._resumed(resumed, fresh_id)
             return None
-        return self._resume_after(resumed, token, fresh_id)  # the peer is on another node
+        return self._resume_after(resumed, fresh_id)  # the peer is on another node
 
-    async def _resume_after(self, pending, token: str, fresh_id: str) -> None:
+    async def _resume_after(self, pending, fresh_id: str) -> None:
         try:
             resumed = await pending
         except UnknownToken:
             raise BadMessage("unknown or expired resume token: join again", "resume_failed") from None
         except ClusterUnavailable:
             raise BadMessage("the cluster is unavailable: try again shortly", "cluster_unavailable") from None
-        self._resumed(resumed, token, fresh_id)
+        self._resumed(resumed, fresh_id)
 
-    def _resumed(self, resumed: Resumed, token: str, fresh_id: str) -> None:
+    def _resumed(self, resumed: Resumed, fresh_id: str) -> None:
         self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
         self.send({"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
-                   "peers": [{"id": pid} for pid in resumed.others], "resume_token": token})
+                   "peers": [{"id": pid} for pid in resumed.others],
+                   "resume_token": resumed.token})  # the one used is spent
         for held in resumed.held:
             self.send(held)
 

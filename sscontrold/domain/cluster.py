@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .rooms import RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken
+from .compare import same_secret
+from .rooms import (RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device,
+                    new_token)
 
 HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
 MARKER_TIMEOUT = 2.0  # seconds a moved peer's direct messages wait for the old route to drain
@@ -41,8 +43,12 @@ class ClusterStore(Protocol):
     def token(self, token: str):
         """Awaitable of the resume token's record ``{"peer", "room", "node"}`` or None."""
 
-    def move(self, room_id: str, peer_id: str, token: str, new_node: str):
-        """Awaitable: the peer is now served by ``new_node``."""
+    def move(self, room_id: str, peer_id: str, token: str, new_node: str, new_token: str):
+        """Awaitable: the peer is now served by ``new_node``, under ``new_token``
+        (``token`` is spent)."""
+
+    def rotate(self, room_id: str, peer_id: str, token: str, new_token: str):
+        """Awaitable: this node's peer now resumes with ``new_token`` (``token`` is spent)."""
 
     @property
     def available(self) -> bool: ...
@@ -64,6 +70,13 @@ class Forward:
         self.node = node
         self.until = until
         self.awaiting = awaiting
+
+
+class _Claimant:
+    """Who asks for a peer from another node: the device it authenticated as."""
+
+    def __init__(self, device: str | None):
+        self.bound_device = device
 
 
 class ClusterHub(Hub):
@@ -109,7 +122,12 @@ class ClusterHub(Hub):
         self._remote[room_id] = remote
         for node in set(remote.values()):
             self._tell(node, {"op": "joined", "room": room_id, "peer": member.peer_id, "node": self.store.node_id})
-        others = [pid for pid in members if pid != member.peer_id]
+        # Local members are taken from the room itself: the store may still list one
+        # that left meanwhile (e.g. a held peer evicted by the announcement).
+        local = self._rooms[room_id]
+        others = [pid for pid, node in members.items() if pid != member.peer_id
+                  and (node != self.store.node_id or pid in local)]
+        others += [pid for pid in local if pid != member.peer_id and pid not in members]
         self._replay_joining(room_id, room_id)
         return others
 
@@ -144,6 +162,7 @@ class ClusterHub(Hub):
         target = self._rooms[room_id].get(to)
         if target is not None:
             self._deliver(target, message, self.store.node_id)
+            self._settle()
             return
         node = self._remote.get(room_id, {}).get(to)
         if node is None:
@@ -156,7 +175,7 @@ class ClusterHub(Hub):
         if moving is not None and from_node in moving.waiting:
             moving.buffer.append(message)
         else:
-            target.send(message)
+            self._send(target, message)
 
     # --- resume on another node than the one that held the peer
 
@@ -173,11 +192,17 @@ class ClusterHub(Hub):
             RESUMES.labels("unknown_token").inc()
             raise UnknownToken()
         peer_id = record["peer"]
+        if peer_id in self._handovers:  # one resume of a peer at a time
+            RESUMES.labels("refused").inc()
+            raise UnknownToken()
         waiter = self._waiter(HANDOVER_TIMEOUT)
         self._handovers[peer_id] = (waiter, member, token)
         try:
+            # The node holding the peer checks the token and the device (it alone
+            # knows them for sure) before it lets the peer go.
             self.store.publish(record["node"], {"op": "takeover", "peer": peer_id, "room": record["room"],
-                                                "node": self.store.node_id})
+                                                "node": self.store.node_id, "token": token,
+                                                "device": bound_device(member)})
             resumed = await waiter.wait()
         except TimeoutError:
             RESUMES.labels("handover_timeout").inc()
@@ -194,6 +219,12 @@ class ClusterHub(Hub):
         if room is None or peer_id not in room:
             self._tell(new_node, {"op": "takeover_failed", "peer": peer_id})
             return
+        if not (same_secret(self._token_of.get(peer_id), event.get("token"))
+                and self._may_resume(peer_id, _Claimant(event.get("device")))):
+            # A spent or wrong token, another device: refused, the live peer stays as it is.
+            RESUMES.labels("refused").inc()
+            self._tell(new_node, {"op": "takeover_failed", "peer": peer_id})
+            return
         place = room[peer_id]
         if isinstance(place, Held) and place.connection_open and peer_id not in self._takeovers:
             # The old connection may still hold frames this node has not read: hand
@@ -203,8 +234,9 @@ class ClusterHub(Hub):
             return
         self._takeovers.pop(peer_id, None)
         _, held = self._vacate(peer_id)
-        token = self._token_of.pop(peer_id, "")
-        self._peer_of.pop(token, None)
+        device = self._device_of.get(peer_id)
+        token = self._forget_token(peer_id) or ""
+        fresh = new_token()  # single use: the new node hands this one to the client
         del room[peer_id]
         del self._room_of[peer_id]
         members = {pid: node for pid, node in self._remote.get(room_id, {}).items() if pid != peer_id}
@@ -219,10 +251,11 @@ class ClusterHub(Hub):
         # said (its marker) that nothing more will: only then may this node go.
         told = {n for n in members.values() if n not in (self.store.node_id, new_node)}
         self._forward[peer_id] = Forward(new_node, self.clock.seconds() + FORWARD_SECONDS, told | {new_node})
-        self._spawn(self._move(room_id, peer_id, token, new_node))
+        self._spawn(self._move(room_id, peer_id, token, new_node, fresh))
         self._events.emit("info", "cluster.handed_over", peer_id=peer_id, to=new_node, held=len(held))
         self._tell(new_node, {"op": "handover", "peer": peer_id, "room": room_id, "held": held,
-                              "members": members, "node": self.store.node_id})
+                              "members": members, "node": self.store.node_id, "token": fresh,
+                              "device": device})
         for node in {n for n in members.values() if n not in (self.store.node_id, new_node)}:
             self._tell(node, {"op": "moved", "room": room_id, "peer": peer_id, "node": new_node,
                               "via": self.store.node_id})
@@ -235,22 +268,34 @@ class ClusterHub(Hub):
                 place.connection_open = False
             self._on_takeover(event)
 
-    async def _move(self, room_id: str, peer_id: str, token: str, new_node: str) -> None:
+    async def _move(self, room_id: str, peer_id: str, token: str, new_node: str, new: str) -> None:
         try:
-            await self.store.move(room_id, peer_id, token, new_node)
+            await self.store.move(room_id, peer_id, token, new_node, new)
         except Exception as e:  # the old node's lease sweep will settle it
             self._events.emit("warn", "cluster.move_failed", peer_id=peer_id, error=str(e)[:200])
+
+    def _rotated(self, room_id: str, peer_id: str, old: str, new: str) -> None:
+        self._spawn(self._rotate(room_id, peer_id, old, new))
+
+    async def _rotate(self, room_id: str, peer_id: str, old: str, new: str) -> None:
+        try:
+            await self.store.rotate(room_id, peer_id, old, new)
+        except Exception as e:  # the old token is refused here anyway (this node checks it)
+            self._events.emit("warn", "cluster.rotate_failed", peer_id=peer_id, error=str(e)[:200])
 
     def _on_handover(self, event: dict) -> None:
         peer_id, room_id, old_node = event["peer"], event["room"], event["node"]
         pending = self._handovers.pop(peer_id, None)
         if pending is None:
             return  # the resume gave up meanwhile: the old node's sweep ends the peer
-        waiter, member, token = pending
+        waiter, member, _spent = pending
         member.peer_id = peer_id
         self._place_quietly(member, room_id)
+        token = event.get("token") or new_token()
         self._token_of[peer_id] = token
         self._peer_of[token] = peer_id
+        if event.get("device") is not None:
+            self._device_of[peer_id] = event["device"]
         room = self._rooms[room_id]
         remote = self._remote.setdefault(room_id, {})
         remote.pop(peer_id, None)  # it is local now, whatever this node believed before
@@ -264,7 +309,7 @@ class ClusterHub(Hub):
         self._moving[peer_id] = Moving(waiting, timer)
         self._tell(old_node, {"op": "marker", "room": room_id, "peer": peer_id, "node": self.store.node_id})
         others = [pid for pid in list(room) + list(remote) if pid != peer_id]
-        waiter.succeed(Resumed(room_id, others, event["held"]))
+        waiter.succeed(Resumed(room_id, others, event["held"], token))
 
     def _on_marker(self, event: dict) -> None:
         moving = self._moving.get(event["peer"])
@@ -285,7 +330,8 @@ class ClusterHub(Hub):
         target = self._rooms[room_id].get(peer_id) if room_id else None
         for message in moving.buffer:
             if target is not None:
-                target.send(message)
+                self._send(target, message)
+        self._settle()
 
     def _place_quietly(self, member: Member, room_id: str) -> None:
         if room_id not in self._rooms:
@@ -352,6 +398,7 @@ class ClusterHub(Hub):
             target = room.get(event.get("to"))
             if target is not None:
                 self._deliver(target, event["msg"], event.get("node", ""))
+                self._settle()
         elif op == "joined":
             peer, node = event["peer"], event["node"]
             remote = self._remote.setdefault(room_id, {})
@@ -389,10 +436,9 @@ class ClusterHub(Hub):
 
     # --- helpers
 
-    @staticmethod
-    def _announce(room: dict, message: dict) -> None:
-        for member in list(room.values()):
-            member.send(message)
+    def _announce(self, room: dict, message: dict) -> None:
+        self._broadcast(list(room.values()), message)
+        self._settle()
 
     def _tell(self, node: str, event: dict) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 
@@ -65,3 +66,90 @@ class ConnectionCounter:
         else:
             self._per_address.pop(address, None)
         self.total -= 1
+
+
+class FailureThrottle:
+    """Failed authentications per client address, a leaky bucket each: ``limit``
+    failures within ``window`` seconds, and the address is refused (without its
+    credentials even being checked) until the bucket has leaked below the limit.
+    Attempts refused meanwhile count too (up to twice the limit): guessing on only
+    pushes the wait further out."""
+
+    MAX_ADDRESSES = 100_000  # least recently failed forgotten first
+
+    def __init__(self, clock: Callable[[], float], limit: int, window: float):
+        self._clock = clock
+        self.limit = limit
+        self.window = window
+        self._entries: OrderedDict[str, list[float]] = OrderedDict()  # address -> [level, when]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def configure(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+
+    def _level(self, address: str, now: float) -> float:
+        entry = self._entries.get(address)
+        if entry is None:
+            return 0.0
+        level = max(0.0, entry[0] - (now - entry[1]) * self.limit / self.window)
+        if level == 0.0:
+            del self._entries[address]
+        return level
+
+    def retry_after(self, address: str) -> float:
+        """0 when ``address`` may try; else the seconds until it may."""
+        excess = self._level(address, self._clock()) - (self.limit - 1)
+        return excess * self.window / self.limit if excess > 0 else 0.0
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        level = min(self._level(address, now) + 1.0, 2.0 * self.limit)
+        self._entries.pop(address, None)
+        self._entries[address] = [level, now]
+        while len(self._entries) > self.MAX_ADDRESSES:
+            self._entries.popitem(last=False)
+
+
+class LogBudget:
+    """At most ``per_minute`` lines of one kind per minute; the first line let
+    through after some were left out says how many (``suppressed``)."""
+
+    def __init__(self, clock: Callable[[], float], per_minute: int):
+        self._clock = clock
+        self.per_minute = per_minute
+        self._start = clock()
+        self._lines = 0
+        self._suppressed = 0
+
+    def take(self) -> int | None:
+        """None: leave this line out; else write it, with the count left out before it."""
+        now = self._clock()
+        if now - self._start >= 60.0:
+            self._start, self._lines = now, 0
+        if self._lines >= self.per_minute:
+            self._suppressed += 1
+            return None
+        self._lines += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+class FailureGuard:
+    """What a node keeps of failed authentications: the per-address throttle and the
+    budget of the log lines they write."""
+
+    def __init__(self, clock: Callable[[], float], limit: int, window: float, log_per_minute: int):
+        self.throttle = FailureThrottle(clock, limit, window)
+        self.log = LogBudget(clock, log_per_minute)
+
+    def configure(self, limit: int, window: float, log_per_minute: int) -> None:
+        self.throttle.configure(limit, window)
+        self.log.per_minute = log_per_minute
+
+    def emit(self, events, level: str, event: str, **fields) -> None:
+        """Emit a failure line within the budget."""
+        suppressed = self.log.take()
+        if suppressed is not None:
+            events.emit(level, event, **fields, suppressed=suppressed or None)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Protocol
 import orjson
 from prometheus_client import Counter, Gauge
 
+from .compare import same_secret
+
 ROOMS = Gauge("sscontrol_rooms", "Rooms with at least one member on this node.")
 RESUMES = Counter("sscontrol_resumes_total", "Resume attempts by result.", ["result"])
 
@@ -53,14 +55,17 @@ class HoldLimits:
 
 
 class Held:
-    """Stands in the room for a detached peer and keeps what is sent to it."""
+    """Stands in the room for a detached peer and keeps what is sent to it.
 
-    def __init__(self, peer_id: str, limits: HoldLimits, overflow: Callable[["Held"], None]):
+    It never calls back into the hub: a send may happen while the hub walks the
+    room, so an overflow only marks it, and the hub evicts it once the walk is over.
+    """
+
+    def __init__(self, peer_id: str, limits: HoldLimits):
         self.peer_id = peer_id
         self.messages: deque[dict] = deque()
         self._bytes = 0
         self._limits = limits
-        self._overflow = overflow
         self.expiry: Any = None  # the grace timer
         self.overflowed = False
         self.connection_open = False  # released, its connection still closing: frames may come
@@ -71,8 +76,8 @@ class Held:
         self._bytes += len(orjson.dumps(message))
         self.messages.append(message)
         if len(self.messages) > self._limits.max_messages or self._bytes > self._limits.max_bytes:
-            self.overflowed = True
-            self._overflow(self)  # rather a clear peer_left than a silent gap
+            self.overflowed = True  # rather a clear peer_left than a silent gap
+            self.messages.clear()
 
     def close(self, code: int, reason: str) -> None:
         pass
@@ -83,6 +88,16 @@ class Resumed:
     room_id: str
     others: list[str]
     held: list[dict]
+    token: str = ""  # the peer's next resume token (the one used is spent)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def bound_device(member: Any) -> str | None:
+    """The device a member authenticated as, when auth is on (None otherwise)."""
+    return getattr(member, "bound_device", None)
 
 
 class Hub:
@@ -96,6 +111,9 @@ class Hub:
         self._room_of: dict[str, str] = {}
         self._token_of: dict[str, str] = {}  # peer id -> resume token
         self._peer_of: dict[str, str] = {}  # resume token -> peer id
+        self._device_of: dict[str, str] = {}  # peer id -> the authenticated device its token is bound to
+        self._evictions: list[Held] = []  # held peers that overflowed, to remove once no room is walked
+        self._walking = 0  # depth of room walks under way
 
     @property
     def room_count(self) -> int:
@@ -118,10 +136,73 @@ class Hub:
         """The secret with which ``member`` can take its place back after a drop."""
         token = self._token_of.get(member.peer_id)
         if token is None:
-            token = secrets.token_urlsafe(24)
+            token = new_token()
             self._token_of[member.peer_id] = token
             self._peer_of[token] = member.peer_id
+            device = bound_device(member)
+            if device is not None:
+                self._device_of[member.peer_id] = device
         return token
+
+    def _forget_token(self, peer_id: str) -> str | None:
+        token = self._token_of.pop(peer_id, None)
+        if token is not None:
+            self._peer_of.pop(token, None)
+        self._device_of.pop(peer_id, None)
+        return token
+
+    def _rotate_token(self, peer_id: str) -> str:
+        """Spend the peer's token and give it a new one (same device binding)."""
+        old = self._token_of.pop(peer_id, None)
+        if old is not None:
+            self._peer_of.pop(old, None)
+        token = new_token()
+        self._token_of[peer_id] = token
+        self._peer_of[token] = peer_id
+        return token
+
+    def _may_resume(self, peer_id: str, member: Member) -> bool:
+        """Whether ``member`` may take the peer's place: its token must be bound to no
+        device, or to the one ``member`` authenticated as; a held peer that lost
+        messages (overflow) cannot come back."""
+        expected = self._device_of.get(peer_id)
+        if expected is not None and not same_secret(expected, bound_device(member)):
+            return False
+        room_id = self._room_of.get(peer_id)
+        place = self._rooms[room_id].get(peer_id) if room_id is not None else None
+        return place is not None and not (isinstance(place, Held) and place.overflowed)
+
+    # --- delivery: the only way the hub sends to members
+
+    def _send(self, member: Member, message: dict) -> None:
+        member.send(message)
+        if isinstance(member, Held) and member.overflowed and member not in self._evictions:
+            self._evictions.append(member)
+
+    def _broadcast(self, members: list[Member], message: dict) -> None:
+        """Send to each of ``members`` (a snapshot: nothing changes the room meanwhile)."""
+        self._walking += 1
+        try:
+            for member in members:
+                self._send(member, message)
+        finally:
+            self._walking -= 1
+
+    def _settle(self) -> None:
+        """Evict the held peers that overflowed, once no room is being walked."""
+        if self._walking:
+            return
+        self._walking += 1
+        try:
+            while self._evictions:
+                held = self._evictions.pop(0)
+                self._evict(held)
+        finally:
+            self._walking -= 1
+
+    def _evict(self, held: Held) -> None:
+        if self.room_of(held) is not None:  # still its place: not resumed nor gone meanwhile
+            self._remove(held)
 
     def join(self, member: Member, room_id: str) -> list[str]:
         """Put ``member`` in ``room_id`` (leaving its old room); return the others' ids."""
@@ -133,31 +214,39 @@ class Hub:
             raise RoomFull(room_id)
         if current is not None:
             self.leave(member)
-        others = list(self._rooms.get(room_id, ()))
         self._place(member, room_id)
-        return others
+        return [pid for pid in self._rooms[room_id] if pid != member.peer_id]
 
     def _place(self, member: Member, room_id: str) -> None:
-        """Put ``member`` in the room, announcing it to the room's (local) members."""
+        """Put ``member`` in the room, announcing it to the room's (local) members.
+
+        The announcement may overflow a held peer: it is evicted before the joiner
+        is placed, so the joiner never hears of it (neither in its ``peers`` nor
+        as a ``peer_left``)."""
         room = self._rooms.get(room_id)
         if room is None:
             room = self._rooms[room_id] = {}
             self._room_new()
-        announcement = {"type": "new_peer", "peer_id": member.peer_id}
-        for other in room.values():
-            other.send(announcement)
+        self._broadcast(list(room.values()), {"type": "new_peer", "peer_id": member.peer_id})
+        self._settle()
+        if room_id not in self._rooms:  # the evictions emptied it
+            room = self._rooms[room_id] = {}
+            self._room_new()
         room[member.peer_id] = member
         self._room_of[member.peer_id] = room_id
 
     def leave(self, member: Member) -> str | None:
         """Take ``member`` out of its room, telling the others; return the room it left."""
+        room_id = self._remove(member)
+        self._settle()
+        return room_id
+
+    def _remove(self, member: Member) -> str | None:
         room_id = self.room_of(member)
         if room_id is None:
             return None  # not in a room, or its place was taken over by a resume
         del self._room_of[member.peer_id]
-        token = self._token_of.pop(member.peer_id, None)
-        if token is not None:
-            del self._peer_of[token]
+        token = self._forget_token(member.peer_id)  # a clean leave voids the token
         self._left(room_id, member.peer_id, token)
         room = self._rooms[room_id]
         del room[member.peer_id]
@@ -167,9 +256,7 @@ class Hub:
             del self._rooms[room_id]
             self._room_gone()
         else:
-            notice = {"type": "peer_left", "peer_id": member.peer_id}
-            for other in list(room.values()):
-                other.send(notice)
+            self._broadcast(list(room.values()), {"type": "peer_left", "peer_id": member.peer_id})
         return room_id
 
     @staticmethod
@@ -195,7 +282,7 @@ class Hub:
         if self.hold.grace <= 0 or self.clock is None:
             self.leave(member)
             return False
-        held = Held(member.peer_id, self.hold, self.leave)
+        held = Held(member.peer_id, self.hold)
         held.connection_open = still_open
         self._rooms[room_id][member.peer_id] = held
         held.expiry = self.clock.callLater(self.hold.grace, self._expire, held)
@@ -222,11 +309,19 @@ class Hub:
         if peer_id is None or peer_id not in self._room_of:
             RESUMES.labels("unknown_token").inc()
             raise UnknownToken()
+        if not self._may_resume(peer_id, member):  # refused: the live peer is left as it is
+            RESUMES.labels("refused").inc()
+            raise UnknownToken()
         room_id, held = self._vacate(peer_id)
         member.peer_id = peer_id
         self._rooms[room_id][peer_id] = member
+        fresh = self._rotate_token(peer_id)  # single use: the answer carries the next one
+        self._rotated(room_id, peer_id, token, fresh)
         RESUMES.labels("resumed").inc()
-        return Resumed(room_id, [pid for pid in self._rooms[room_id] if pid != peer_id], held)
+        return Resumed(room_id, [pid for pid in self._rooms[room_id] if pid != peer_id], held, fresh)
+
+    def _rotated(self, room_id: str, peer_id: str, old: str, new: str) -> None:
+        """A peer's token was replaced: a hook for shared state."""
 
     def _vacate(self, peer_id: str) -> tuple[str, list[dict]]:
         """Free a peer's place for its next connection, quietly: the room hears nothing.
@@ -257,4 +352,5 @@ class Hub:
         target = self._rooms[self.sender_room(sender)].get(to)
         if target is None:
             raise UnknownPeer(to)
-        target.send(message)
+        self._send(target, message)
+        self._settle()

@@ -92,6 +92,23 @@ class StoreFull(SessionError):
     code = "store_full"
 
 
+class QuotaExceeded(SessionError):
+    """The creator's address holds as many live sessions as it may (retry once one
+    of them is gone: ``Retry-After``)."""
+
+    status = 429
+    code = "too_many_sessions"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def quota_exceeded(limit: int, earliest_expiry: float, now: float) -> QuotaExceeded:
+    return QuotaExceeded(f"too many live sessions from your address (at most {limit})",
+                         max(1, math.ceil(earliest_expiry - now)))
+
+
 # --- limits and validation
 
 
@@ -101,6 +118,7 @@ class SessionLimits:
     ttl_max: int = 3600
     max_attempts: int = 3
     max_count: int = 2000
+    max_per_owner: int = 20  # live sessions one creator address may hold
     max_sdp_bytes: int = 60000
     max_candidate_bytes: int = 2048
     max_mid_length: int = 128
@@ -329,6 +347,7 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._expiry: list[tuple[int, str]] = []  # heap; entries of deleted sessions linger
         self._tombstones: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (until, why)
+        self._owned: dict[str, set[str]] = {}  # creator address -> its live sessions' ids
         self._publish()
 
     def __len__(self) -> int:
@@ -350,10 +369,16 @@ class SessionStore:
         self.expire(now)
         if session_id in self._sessions:
             raise Conflict("session already exists")
+        owned = self._owned.get(owner) if owner is not None else None
+        if owned is not None and len(owned) >= limits.max_per_owner:
+            earliest = min(self._sessions[sid].expires_at for sid in owned)
+            raise quota_exceeded(limits.max_per_owner, earliest, now)
         if len(self._sessions) >= limits.max_count:
             raise StoreFull("too many sessions, try again later")
         self._tombstones.pop(session_id, None)
         self._sessions[session_id] = session
+        if owner is not None:
+            self._owned.setdefault(owner, set()).add(session_id)
         heapq.heappush(self._expiry, (session.expires_at, session_id))
         self._compact()
         self._publish()
@@ -424,7 +449,12 @@ class SessionStore:
         raise NotFound("session not found")
 
     def _drop(self, session_id: str, why: str | None, now: float | None = None) -> None:
-        del self._sessions[session_id]
+        session = self._sessions.pop(session_id)
+        owned = self._owned.get(session.owner) if session.owner is not None else None
+        if owned is not None:
+            owned.discard(session_id)
+            if not owned:
+                del self._owned[session.owner]
         if why is not None:
             now = self.clock() if now is None else now
             self._tombstones.pop(session_id, None)
