@@ -32,6 +32,9 @@ class Store:
 
 
 class NodeStore:
+    relay_timeout = 2.0
+    lease = 5.0
+
     def __init__(self, shared: Store, node_id: str):
         self.shared, self.node_id = shared, node_id
 
@@ -63,10 +66,17 @@ class NodeStore:
     async def members(self, room_id):
         return dict(self.shared.rooms.get(room_id, {}))
 
-    def publish(self, node_id, event):
+    def publish(self, node_id, event, on_failure=None):
         if not self.shared.up:
             raise ClusterUnavailable()
         self.shared.queue.append((node_id, event))
+
+    async def publish_now(self, node_id, event):
+        self.publish(node_id, event)
+        return 1
+
+    async def node_alive(self, node_id):
+        return node_id in self.shared.hubs
 
 
 class M:

@@ -9,13 +9,29 @@ through the store's per-node channels. Pure: the store is injected.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
+
+from prometheus_client import Counter
 
 from .rooms import RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
+DEAD_NODE_POLL = 0.25  # seconds between looks at an old node that does not listen: dead yet?
 MARKER_TIMEOUT = 2.0  # seconds a moved peer's direct messages wait for the old route to drain
 FORWARD_SECONDS = 30.0  # how long the old node forwards what still reaches it for a moved peer
+
+
+RELAY_FAILURES = Counter("sscontrol_cluster_relay_failures_total",
+                         "Messages to a peer on another node not delivered, each reported to its sender, "
+                         "by code.", ["code"])
+
+# What the sender of an undelivered message is told, by the code it gets.
+UNDELIVERED = {
+    "cluster_unavailable": "the cluster is unavailable",
+    "peer_unreachable": "the peer's node is not listening (restarting or gone)",
+    "relay_failed": "Redis did not pass it on in time",
+}
 
 
 class ClusterUnavailable(Exception):
@@ -35,8 +51,22 @@ class ClusterStore(Protocol):
     def members(self, room_id: str):
         """Awaitable of the room's members."""
 
-    def publish(self, node_id: str, event: dict) -> None:
-        """Send ``event`` to a node; raises ClusterUnavailable when the store is down."""
+    def publish(self, node_id: str, event: dict, on_failure=None) -> None:
+        """Send ``event`` to a node; raises ClusterUnavailable when the store is down.
+        Later failures go to ``on_failure(code)`` (a code of UNDELIVERED)."""
+
+    def publish_now(self, node_id: str, event: dict):
+        """Awaitable of how many nodes got ``event`` (0: that node does not listen)."""
+
+    def node_alive(self, node_id: str):
+        """Awaitable: whether the node's lease is still there."""
+
+    def adopt(self, room_id: str, peer_id: str, token: str, old_node: str):
+        """Awaitable of the room's members after taking over the peer of a dead node,
+        or None when it is no longer that node's."""
+
+    lease: float
+    relay_timeout: float  # how late a relayed message may still be delivered
 
     def token(self, token: str):
         """Awaitable of the resume token's record ``{"peer", "room", "node"}`` or None."""
@@ -79,6 +109,9 @@ class ClusterHub(Hub):
         self._takeovers: dict[str, dict] = {}  # takeovers waiting for the old connection to close
         self._remote: dict[str, dict[str, str]] = {}  # room -> {peer: node} of other nodes
         self._joining: dict[str, list[dict]] = {}  # room -> events that came during a join
+        self._relay_seq = 0
+        self._relays: dict[int, tuple[str, str, str]] = {}  # relays on their way: id -> (sender, type, to)
+        self._relays_expiry: deque[tuple[float, int]] = deque()
 
     # --- membership
 
@@ -87,8 +120,16 @@ class ClusterHub(Hub):
         if current == room_id:
             return [pid for pid in self._members_of(room_id) if pid != member.peer_id]
         if not self.store.available:
-            raise ClusterUnavailable()
+            return self._join_alone(member, room_id, current)
         return self._join(member, room_id, current)
+
+    def _join_alone(self, member: Member, room_id: str, current: str | None) -> list[str]:
+        """Without the store: a room this node can serve alone (no member known on
+        another node) is joined here; it is written to the store, and merged with
+        any members other nodes took meanwhile, when the store is back."""
+        if self._remote.get(room_id):
+            raise ClusterUnavailable()
+        return Hub.join(self, member, room_id)
 
     async def _join(self, member: Member, room_id: str, current: str | None) -> list[str]:
         if current is not None:
@@ -97,6 +138,9 @@ class ClusterHub(Hub):
         try:
             members = await self.store.join(room_id, member.peer_id, self.resume_token(member),
                                             self.max_peers_per_room)
+        except ClusterUnavailable:  # the store went away during the join
+            self._replay_joining(room_id, None)
+            return self._join_alone(member, room_id, None)
         except Exception:
             self._replay_joining(room_id, None)
             raise
@@ -148,8 +192,37 @@ class ClusterHub(Hub):
         node = self._remote.get(room_id, {}).get(to)
         if node is None:
             raise UnknownPeer(to)
-        self.store.publish(node, {"op": "relay", "room": room_id, "to": to, "msg": message,
-                                  "node": self.store.node_id})
+        now = self.clock.seconds()
+        self._relay_seq += 1
+        rid = self._relay_seq
+        # Failures may be reported up to the deadline of the publish, then a notice of a
+        # late drop from the receiver; after that nothing more comes for this id.
+        expiries = self._relays_expiry
+        while expiries and expiries[0][0] < now:
+            self._relays.pop(expiries.popleft()[1], None)
+        self._relays[rid] = (sender.peer_id, message.get("type", ""), to)
+        try:
+            self.store.publish(node, {"op": "relay", "room": room_id, "to": to, "msg": message,
+                                      "node": self.store.node_id, "id": rid, "at": now},
+                               lambda code: self._undelivered(rid, code))
+        except ClusterUnavailable:
+            del self._relays[rid]  # the sender hears it now, as the answer to its message
+            raise
+        expiries.append((now + 2 * self.store.relay_timeout + 3.0, rid))
+
+    def _undelivered(self, rid: int, code: str) -> None:
+        """A relayed message did not reach its peer: tell its sender, once."""
+        relay = self._relays.pop(rid, None)
+        if relay is None:
+            return
+        sender_id, kind, to = relay
+        RELAY_FAILURES.labels(code).inc()
+        self._events.emit("warn", "cluster.relay_undelivered", peer_id=sender_id, to=to, message_type=kind,
+                          code=code)
+        room_id = self._room_of.get(sender_id)
+        place = self._rooms[room_id].get(sender_id) if room_id is not None else None
+        if place is not None:  # where the sender is now (held: it hears on resume)
+            place.send(undelivered_error(kind, to, code))
 
     def _deliver(self, target: Member, message: dict, from_node: str) -> None:
         moving = self._moving.get(target.peer_id)
@@ -172,20 +245,56 @@ class ClusterHub(Hub):
         if not record or record.get("node") == self.store.node_id:
             RESUMES.labels("unknown_token").inc()
             raise UnknownToken()
-        peer_id = record["peer"]
-        waiter = self._waiter(HANDOVER_TIMEOUT)
-        self._handovers[peer_id] = (waiter, member, token)
-        try:
-            self.store.publish(record["node"], {"op": "takeover", "peer": peer_id, "room": record["room"],
-                                                "node": self.store.node_id})
-            resumed = await waiter.wait()
-        except TimeoutError:
-            RESUMES.labels("handover_timeout").inc()
-            raise UnknownToken() from None
-        finally:
-            self._handovers.pop(peer_id, None)
-        RESUMES.labels("resumed_elsewhere").inc()
-        return resumed
+        peer_id, room_id, old_node = record["peer"], record["room"], record["node"]
+        # The old node hands the peer over; if it does not listen, it is restarting or
+        # dead: wait (polling) until it listens or its lease is gone, then take over.
+        deadline = self.clock.seconds() + max(HANDOVER_TIMEOUT, getattr(self.store, "lease", 0) + 1.0)
+        while True:
+            if not await self.store.node_alive(old_node):
+                return await self._adopt(member, token, peer_id, room_id, old_node)
+            takeover = {"op": "takeover", "peer": peer_id, "room": room_id, "node": self.store.node_id}
+            waiter = self._waiter(max(0.1, deadline - self.clock.seconds()))
+            self._handovers[peer_id] = (waiter, member, token)
+            try:
+                if await self.store.publish_now(old_node, takeover):
+                    resumed = await waiter.wait()
+                    RESUMES.labels("resumed_elsewhere").inc()
+                    return resumed
+            except TimeoutError:
+                RESUMES.labels("handover_timeout").inc()
+                raise UnknownToken() from None
+            finally:
+                self._handovers.pop(peer_id, None)
+            if self.clock.seconds() >= deadline:
+                RESUMES.labels("handover_timeout").inc()
+                raise UnknownToken()
+            try:
+                await self._waiter(DEAD_NODE_POLL).wait()
+            except TimeoutError:
+                pass
+
+    async def _adopt(self, member: Member, token: str, peer_id: str, room_id: str, old_node: str) -> Resumed:
+        """The peer's node died: take its place over from the store alone. Its room
+        hears nothing; what the dead node held for it is lost (the answer says so)."""
+        members = await self.store.adopt(room_id, peer_id, token, old_node)
+        if members is None:  # swept already, or another resume was first
+            RESUMES.labels("unknown_token").inc()
+            raise UnknownToken()
+        member.peer_id = peer_id
+        self._place_quietly(member, room_id)
+        self._token_of[peer_id] = token
+        self._peer_of[token] = peer_id
+        room = self._rooms[room_id]
+        remote = self._remote.setdefault(room_id, {})
+        remote.pop(peer_id, None)
+        for pid, node in members.items():
+            if pid not in room and node != self.store.node_id:
+                remote[pid] = node
+        for node in {n for n in remote.values() if n != old_node}:
+            self._tell(node, {"op": "moved", "room": room_id, "peer": peer_id, "node": self.store.node_id})
+        RESUMES.labels("resumed_after_node_loss").inc()
+        self._events.emit("info", "cluster.adopted", peer_id=peer_id, dead_node=old_node)
+        return Resumed(room_id, [pid for pid in list(room) + list(remote) if pid != peer_id], [], held_lost=True)
 
     def _on_takeover(self, event: dict) -> None:
         """Another node resumes one of ours: hand the peer over, quietly."""
@@ -337,8 +446,14 @@ class ClusterHub(Hub):
                               known=remote is not None and event["peer"] in remote)
             if remote is not None and event["peer"] in remote:
                 remote[event["peer"]] = event["node"]
-                self._tell(event["via"], {"op": "marker", "room": room_id, "peer": event["peer"],
-                                          "node": self.store.node_id})
+                if event.get("via"):  # not when the old node is dead: nothing left on that route
+                    self._tell(event["via"], {"op": "marker", "room": room_id, "peer": event["peer"],
+                                              "node": self.store.node_id})
+            return
+        if op == "relay_failed":
+            self._undelivered(event.get("id"), event.get("code", "relay_failed"))
+            return
+        if op == "relay" and self._late(event):
             return
         if room_id in self._joining and op in ("joined", "left"):
             self._joining[room_id].append(event)
@@ -363,6 +478,16 @@ class ClusterHub(Hub):
         elif op == "left":
             if self._remote.get(room_id, {}).pop(event["peer"], None) is not None:
                 self._announce(room, {"type": "peer_left", "peer_id": event["peer"]})
+
+    def _late(self, event: dict) -> bool:
+        """A relayed message older than the relay timeout (Redis stalled) is dropped,
+        not delivered late, and its sender's node is told."""
+        at = event.get("at")
+        if at is None or self.clock.seconds() - at <= self.store.relay_timeout:
+            return False
+        self._events.emit("warn", "cluster.relay_late", to=event.get("to"), age=round(self.clock.seconds() - at, 3))
+        self._tell(event.get("node", ""), {"op": "relay_failed", "id": event.get("id"), "code": "relay_failed"})
+        return True
 
     def reconcile(self, room_id: str, members: dict[str, str]) -> None:
         """Bring the mirror of a room in line with the store (after an outage)."""
@@ -398,4 +523,11 @@ class ClusterHub(Hub):
         try:
             self.store.publish(node, event)
         except ClusterUnavailable:
-            self._events.emit("warn", "cluster.publish_failed", op=event.get("op"))
+            self._events.emit("warn", "cluster.publish_failed", op=event.get("op"), node=node,
+                              error="Redis unreachable")
+
+
+def undelivered_error(kind: str, to: str, code: str) -> dict:
+    """The error a sender gets for a message that did not reach its peer on another node."""
+    return {"type": "error", "code": code, "message_type": kind, "to": to,
+            "message": f"{kind} to {to} not delivered: {UNDELIVERED.get(code, code)}"}

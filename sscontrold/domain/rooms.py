@@ -83,6 +83,7 @@ class Resumed:
     room_id: str
     others: list[str]
     held: list[dict]
+    held_lost: bool = False  # resumed after its node died: what that node held for it is gone
 
 
 class Hub:
