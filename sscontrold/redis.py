@@ -239,7 +239,11 @@ class RedisLink(Service):
         Service.stopService(self)
         if self._watch.running:
             self._watch.stop()
-        yield DeferredList([goodbye() for goodbye in self.goodbyes], consumeErrors=True)
+        for goodbye in self.goodbyes:
+            try:
+                yield goodbye()
+            except Exception:
+                log.failure("internal error in a clean stop's goodbye to Redis")
         # Commands still under way (a leave, a session write) finish, or time out, first.
         yield DeferredList([d for d in list(self._inflight)], consumeErrors=True)
         self.stopping = True
@@ -723,14 +727,21 @@ class RedisCluster(Service):
         except RedisUnavailable:
             return
         here = {(room_id, peer_id) for room_id, peer_id, _ in local}
-        for entry in listed or ():
-            room_id, peer_id, token = orjson.loads(entry)
+        # A leave sent to a stalled Redis may have been done there after this node gave
+        # up on it: no longer listed, but the other nodes were never told.
+        deferred, self.hub.deferred_leaves = self.hub.deferred_leaves, []
+        entries = [orjson.loads(entry) for entry in listed or ()]
+        entries += [list(leave) for leave in deferred if list(leave) not in entries]
+        for room_id, peer_id, token in entries:
             if (room_id, peer_id) in here:
                 continue
             try:
                 remaining = yield self.leave(room_id, peer_id, token)
             except RedisUnavailable:
+                self.hub.deferred_leaves += deferred
                 return
+            if peer_id in remaining:
+                continue  # it lives on another node now (resumed there): nothing to announce
             for node in {n for n in remaining.values() if n != self.node_id}:
                 try:  # not publish(): the link may not have noticed yet that Redis is back
                     yield self.link.call("publish", f"{self.link.prefix}node:{node}",
@@ -815,7 +826,7 @@ class RedisCluster(Service):
                 for entry in listed or ():  # left while Redis was away, not yet put right
                     room_id, peer_id, token = orjson.loads(entry)
                     yield self.leave(room_id, peer_id, token)
-                yield self.link.call("del", f"{self._channel}:alive", self._members_key)
+                yield self.link.call("delete", [f"{self._channel}:alive", self._members_key])
                 yield self.link.call("srem", f"{p}nodes", self.node_id)
                 events.emit("info", "cluster.goodbye", node=self.node_id)
             else:

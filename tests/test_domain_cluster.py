@@ -172,7 +172,7 @@ def test_reconcile_after_an_outage(nodes):
     assert a.got[-2:] == [{"type": "peer_left", "peer_id": "b"}, {"type": "new_peer", "peer_id": "c"}]
 
 
-def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
+def test_unavailable_store_serves_what_one_node_can_alone(nodes):
     shared, h1, h2 = nodes
     a, b, c, c2 = M("a"), M("b"), M("c"), M("c2")  # rooms of up to 3
     run(h1.join(a, "r"))
@@ -181,12 +181,18 @@ def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
     run(h2.join(b, "r"))
     shared.flush()
     shared.up = False
-    with pytest.raises(ClusterUnavailable):
-        h1.join(M("d"), "x")
+    with pytest.raises(ClusterUnavailable):  # "r" has a member on another node: not served alone
+        h1.join(M("d"), "r")
     with pytest.raises(ClusterUnavailable):
         h1.relay(a, "b", {"x": 1})
     h1.relay(c, "c2", {"x": 2})  # both local: served without the store
     assert c2.got[-1] == {"x": 2}
+    e = M("e")
+    assert h1.join(e, "local") == ["c", "c2"]  # a room this node serves alone: joined here
+    assert c.got[-1] == {"type": "new_peer", "peer_id": "e"}
+    assert h1.join(M("f"), "new") == []  # a new room too
+    with pytest.raises(Exception):  # the room limit holds (3)
+        h1.join(M("g"), "local")
 
 
 def test_resume_on_another_node_keeps_order_and_causes_no_churn(nodes):

@@ -109,6 +109,7 @@ class ClusterHub(Hub):
         self._takeovers: dict[str, dict] = {}  # takeovers waiting for the old connection to close
         self._remote: dict[str, dict[str, str]] = {}  # room -> {peer: node} of other nodes
         self._joining: dict[str, list[dict]] = {}  # room -> events that came during a join
+        self.deferred_leaves: list[tuple[str, str, str]] = []  # leaves the store may not have seen
         self._relay_seq = 0
         self._relays: dict[int, tuple[str, str, str]] = {}  # relays on their way: id -> (sender, type, to)
         self._relays_expiry: deque[tuple[float, int]] = deque()
@@ -174,8 +175,13 @@ class ClusterHub(Hub):
             remaining = await self.store.leave(room_id, peer_id, token)
         except ClusterUnavailable:  # put right when the store is back (re-registration)
             self._events.emit("warn", "cluster.leave_deferred", peer_id=peer_id)
+            self.deferred_leaves.append((room_id, peer_id, token))
             return
-        for node in {n for n in remaining.values() if n != self.store.node_id}:
+        nodes = {n for n in remaining.values() if n != self.store.node_id}
+        if nodes and not self.store.available:  # done in the store, but the others cannot hear it yet
+            self.deferred_leaves.append((room_id, peer_id, token))
+            return
+        for node in nodes:
             self._tell(node, {"op": "left", "room": room_id, "peer": peer_id})
 
     def _members_of(self, room_id: str) -> list[str]:
