@@ -266,6 +266,11 @@ class ClusterHub(Hub):
                     resumed = await waiter.wait()
                     RESUMES.labels("resumed_elsewhere").inc()
                     return resumed
+                waiter.fail(UnknownToken())  # not heard: this waiter is done with
+                try:
+                    await waiter.wait()
+                except UnknownToken:
+                    pass
             except TimeoutError:
                 RESUMES.labels("handover_timeout").inc()
                 raise UnknownToken() from None
