@@ -18,10 +18,17 @@ BUILD_INFO = Info("sscontrol_build", "Version of the running daemon.")
 BUILD_INFO.info({"version": __version__})
 
 
+def passing(result: str) -> bool:
+    """A check passes when "ok", or when it reports a degraded mode ("degraded: ..."):
+    the node serves, with less (see /ready's "degraded")."""
+    return result == "ok" or result.startswith("degraded: ")
+
+
 class Readiness:
     """Named checks; the daemon is ready when every one passes.
 
-    A check returns None when it passes, or a short reason why it does not.
+    A check returns None when it passes, a short reason why it does not, or
+    "degraded: <what still works>" when the node serves in a degraded mode.
     """
 
     def __init__(self):
@@ -34,7 +41,7 @@ class Readiness:
         return {name: (check() or "ok") for name, check in self._checks.items()}
 
     def failing(self) -> dict[str, str]:
-        return {name: result for name, result in self.results().items() if result != "ok"}
+        return {name: result for name, result in self.results().items() if not passing(result)}
 
     @property
     def ready(self) -> bool:
@@ -59,8 +66,8 @@ class ReadinessCollector:
         results = self._readiness.results()
         checks = GaugeMetricFamily(*self.CHECK, labels=["check"])
         for name, result in sorted(results.items()):
-            checks.add_metric([name], 1 if result == "ok" else 0)
-        yield GaugeMetricFamily(*self.READY, value=1 if all(r == "ok" for r in results.values()) else 0)
+            checks.add_metric([name], 1 if passing(result) else 0)
+        yield GaugeMetricFamily(*self.READY, value=1 if all(passing(r) for r in results.values()) else 0)
         yield checks
 
 
@@ -71,10 +78,13 @@ class Ready(JSONResource):
 
     def render_GET(self, request: Request) -> bytes:
         checks = self._readiness.results()
-        failing = sorted(name for name, result in checks.items() if result != "ok")
+        failing = sorted(name for name, result in checks.items() if not passing(result))
         if failing:
             return json_response(request, http.SERVICE_UNAVAILABLE,
                                  {"status": "not ready", "failing": failing, "checks": checks})
+        degraded = sorted(name for name, result in checks.items() if result != "ok")
+        if degraded:
+            return json_response(request, http.OK, {"status": "degraded", "degraded": degraded, "checks": checks})
         return json_response(request, http.OK, {"status": "ready", "checks": checks})
 
 

@@ -221,10 +221,12 @@ FIELDS: tuple[Field, ...] = (
           "Re-read on every reload: a new password is used once Redis accepts it."),
     Field("redis_prefix", "redis", _str, "sscontrol:", "Prefix of every Redis key and channel of this cluster."),
     Field("redis_timeout", "redis", _seconds(0.1), 2.0,
-          "Seconds to wait for Redis before treating it as down (reads fail, /ready turns 503)."),
+          "Seconds to wait for Redis before treating it as down (the node turns degraded); also how late a "
+          "message to a peer on another node may arrive: later ones are dropped and their sender gets an error."),
     Field("cluster_lease", "redis", _seconds(1), 5.0,
-          "Seconds a node's membership outlives it without renewal: when a node dies, the others send "
-          "its members' peer_left within about this long plus a second."),
+          "Seconds a node's membership outlives it without renewal: when a node dies, its members may resume "
+          "on another node for resume_grace after that; the others send peer_left for the rest within about "
+          "cluster_lease + resume_grace + 2 seconds."),
     # [log]
     Field("log_level", "log", _log_level, "info", "Lowest level logged: debug, info, warn, error, critical."),
     Field("log_format", "log", _log_format, "text", "text (one line per event) or json."),

@@ -84,7 +84,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                        settings.redis_timeout, reactor) if settings.redis_url else None)
     cluster = (RedisCluster(redis, settings.redis_url, settings.redis_password, settings.cluster_lease)
                if redis else None)
-    node = SignalingNode(settings, reactor, Events(), nonces=RedisNonceStore(redis) if redis else None,
+    node = SignalingNode(settings, reactor, Events(), nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
                          cluster=cluster)
     factory = SignalingFactory(node, settings)
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
@@ -100,7 +100,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if redis is not None:
         redis.setServiceParent(top)
         cluster.setServiceParent(top)
-        readiness.add("redis", redis.check)
+        readiness.add("redis", cluster.check)
     FactoryLifetime(factory).setServiceParent(top)
     sessions.service.setServiceParent(top)
     public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)

@@ -32,6 +32,9 @@ class Store:
 
 
 class NodeStore:
+    relay_timeout = 2.0
+    lease = 5.0
+
     def __init__(self, shared: Store, node_id: str):
         self.shared, self.node_id = shared, node_id
 
@@ -39,25 +42,25 @@ class NodeStore:
     def available(self):
         return self.shared.up
 
-    async def join(self, room_id, peer_id, token, max_peers):
+    async def join(self, room_id, peer_id, token, max_peers, device=None):
         room = self.shared.rooms.setdefault(room_id, {})
         if peer_id not in room and max_peers is not None and len(room) >= max_peers:
             return None
         room[peer_id] = self.node_id
-        self.shared.tokens[token] = {"peer": peer_id, "room": room_id, "node": self.node_id}
+        self.shared.tokens[token] = {"peer": peer_id, "room": room_id, "node": self.node_id, "device": device}
         return dict(room)
 
     async def token(self, token):
         return self.shared.tokens.get(token)
 
-    async def move(self, room_id, peer_id, token, new_node, new_token):
+    async def move(self, room_id, peer_id, token, new_node, new_token, device=None):
         self.shared.rooms[room_id][peer_id] = new_node
         self.shared.tokens.pop(token, None)
-        self.shared.tokens[new_token] = {"peer": peer_id, "room": room_id, "node": new_node}
+        self.shared.tokens[new_token] = {"peer": peer_id, "room": room_id, "node": new_node, "device": device}
 
-    async def rotate(self, room_id, peer_id, token, new_token):
+    async def rotate(self, room_id, peer_id, token, new_token, device=None):
         self.shared.tokens.pop(token, None)
-        self.shared.tokens[new_token] = {"peer": peer_id, "room": room_id, "node": self.node_id}
+        self.shared.tokens[new_token] = {"peer": peer_id, "room": room_id, "node": self.node_id, "device": device}
 
     async def leave(self, room_id, peer_id, token):
         room = self.shared.rooms.get(room_id, {})
@@ -68,10 +71,17 @@ class NodeStore:
     async def members(self, room_id):
         return dict(self.shared.rooms.get(room_id, {}))
 
-    def publish(self, node_id, event):
+    def publish(self, node_id, event, on_failure=None):
         if not self.shared.up:
             raise ClusterUnavailable()
         self.shared.queue.append((node_id, event))
+
+    async def publish_now(self, node_id, event):
+        self.publish(node_id, event)
+        return 1
+
+    async def node_alive(self, node_id):
+        return node_id in self.shared.hubs
 
 
 class M:
@@ -167,7 +177,7 @@ def test_reconcile_after_an_outage(nodes):
     assert a.got[-2:] == [{"type": "peer_left", "peer_id": "b"}, {"type": "new_peer", "peer_id": "c"}]
 
 
-def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
+def test_unavailable_store_serves_what_one_node_can_alone(nodes):
     shared, h1, h2 = nodes
     a, b, c, c2 = M("a"), M("b"), M("c"), M("c2")  # rooms of up to 3
     run(h1.join(a, "r"))
@@ -176,12 +186,18 @@ def test_unavailable_store_refuses_joins_and_remote_relays_only(nodes):
     run(h2.join(b, "r"))
     shared.flush()
     shared.up = False
-    with pytest.raises(ClusterUnavailable):
-        h1.join(M("d"), "x")
+    with pytest.raises(ClusterUnavailable):  # "r" has a member on another node: not served alone
+        h1.join(M("d"), "r")
     with pytest.raises(ClusterUnavailable):
         h1.relay(a, "b", {"x": 1})
     h1.relay(c, "c2", {"x": 2})  # both local: served without the store
     assert c2.got[-1] == {"x": 2}
+    e = M("e")
+    assert h1.join(e, "local") == ["c", "c2"]  # a room this node serves alone: joined here
+    assert c.got[-1] == {"type": "new_peer", "peer_id": "e"}
+    assert h1.join(M("f"), "new") == []  # a new room too
+    with pytest.raises(Exception):  # the room limit holds (3)
+        h1.join(M("g"), "local")
 
 
 def test_resume_on_another_node_keeps_order_and_causes_no_churn(nodes):

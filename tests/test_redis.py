@@ -20,10 +20,23 @@ def wait_ready(d, want: int, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         status, body = http_json("GET", d.admin + "/ready")
-        if status == want:
+        if status == want and (want != 200 or body["status"] == "ready"):  # 200 and degraded: not yet
             return body
         assert time.monotonic() < deadline, (status, body)
         time.sleep(0.1)
+
+
+def wait_degraded(d, timeout: float = 10.0) -> dict:
+    """/ready once the node has noticed Redis is gone: still 200 (it serves), degraded."""
+    body = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = http_json("GET", d.admin + "/ready")
+        if status == 200 and body.get("status") == "degraded":
+            assert body["degraded"] == ["redis"] and "cannot reach Redis" in body["checks"]["redis"], body
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"not degraded: {body}")
 
 
 def test_a_token_replayed_on_another_node_is_refused(daemon_factory, redis_server):
@@ -49,25 +62,36 @@ def test_redis_outage_local_service_goes_on_and_ready_comes_back(daemon_factory,
     a, b = connect(d.ws), connect(d.ws)
     for p in (a, b):
         assert p.request(auth_message(KEY))["type"] == "auth_success"
-    a.join("local")
+    a_id = a.join("local")["peer_id"]
     b_id = b.join("local")["peer_id"]
     a.recv()
     assert value(scrape(d), "sscontrol_redis_up") == 1
 
     redis.kill()
-    body = wait_ready(d, 503)
-    assert body["failing"] == ["redis"] and "cannot reach Redis" in body["checks"]["redis"]
-    assert value(scrape(d), "sscontrol_redis_up") == 0
+    wait_degraded(d)
+    metrics = scrape(d)
+    assert value(metrics, "sscontrol_redis_up") == 0 and value(metrics, "sscontrol_cluster_degraded") == 1
     a.send({"type": "offer", "to": b_id, "sdp": "during the outage"})  # both peers local: served
     assert b.recv()["sdp"] == "during the outage"
-    reply = connect(d.ws).request(auth_message(KEY))
-    assert reply["type"] == "error" and "temporarily unavailable" in reply["message"]  # fails closed
+    # New clients get in (this node's replay cache), and a replay on this node is refused.
+    during = auth_message(KEY, "device-during")
+    newcomer = connect(d.ws)
+    assert newcomer.request(during)["type"] == "auth_success"
+    reply = connect(d.ws).request(during)
+    assert reply["type"] == "error" and "nonce already used" in reply["message"]
+    assert {p["id"] for p in newcomer.join("local")["peers"]} == {a_id, b_id}  # a room served alone
 
     redis.proc = None
     redis.start()  # same port
     assert wait_ready(d, 200, timeout=15)["checks"]["redis"] == "ok"
+    assert value(scrape(d), "sscontrol_cluster_degraded") == 0
     assert connect(d.ws).request(auth_message(KEY))["type"] == "auth_success"
-    assert "redis.down" in d.log() and "redis.up" in d.log()
+    # What this node let in meanwhile is now in Redis: refused by every node.
+    reply = connect(d.ws).request(during)
+    assert reply["type"] == "error" and "nonce already used" in reply["message"]
+    log = d.log()
+    assert "redis.down" in log and "redis.up" in log and "auth.nonces_converged" in log
+    assert log.count("cluster.degraded") == 1
 
 
 def test_ready_waits_for_redis_at_start(daemon_factory, tmp_path):

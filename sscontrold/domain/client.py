@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from ..metrics import MessageCounter
 from .auth import Authenticator, AuthRefused
-from .cluster import ClusterUnavailable
+from .cluster import ClusterUnavailable, undelivered_error
 from .limits import FailureGuard, TokenBucket
 from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
@@ -416,9 +416,12 @@ class Client:
     def _resumed(self, resumed: Resumed, fresh_id: str) -> None:
         self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
-        self.send({"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
-                   "peers": [{"id": pid} for pid in resumed.others],
-                   "resume_token": resumed.token})  # the one used is spent
+        answer = {"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
+                  "peers": [{"id": pid} for pid in resumed.others],
+                  "resume_token": resumed.token}  # the one used is spent
+        if resumed.held_lost:  # its node died: messages sent to it meanwhile are gone
+            answer["held_lost"] = True
+        self.send(answer)
         for held in resumed.held:
             self.send(held)
 
@@ -450,8 +453,9 @@ class Client:
             raise BadMessage("join a room first", "not_in_room") from None
         except UnknownPeer:
             raise BadMessage("unknown peer: no such peer in your room", "unknown_peer") from None
-        except ClusterUnavailable:
-            raise BadMessage("peer unreachable: the cluster is unavailable", "cluster_unavailable") from None
+        except ClusterUnavailable:  # answered with the message's type and target, as a later failure is
+            ERRORS.labels("cluster_unavailable").inc()
+            self.send(undelivered_error(message["type"], to, "cluster_unavailable"))
 
     def _auth_timed_out(self) -> None:
         self._auth_deadline = None

@@ -9,15 +9,31 @@ through the store's per-node channels. Pure: the store is injected.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
+
+from prometheus_client import Counter
 
 from .compare import same_secret
 from .rooms import (RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device,
                     new_token)
 
 HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
+DEAD_NODE_POLL = 0.25  # seconds between looks at an old node that does not listen: dead yet?
 MARKER_TIMEOUT = 2.0  # seconds a moved peer's direct messages wait for the old route to drain
 FORWARD_SECONDS = 30.0  # how long the old node forwards what still reaches it for a moved peer
+
+
+RELAY_FAILURES = Counter("sscontrol_cluster_relay_failures_total",
+                         "Messages to a peer on another node not delivered, each reported to its sender, "
+                         "by code.", ["code"])
+
+# What the sender of an undelivered message is told, by the code it gets.
+UNDELIVERED = {
+    "cluster_unavailable": "the cluster is unavailable",
+    "peer_unreachable": "the peer's node is not listening (restarting or gone)",
+    "relay_failed": "Redis did not pass it on in time",
+}
 
 
 class ClusterUnavailable(Exception):
@@ -27,9 +43,10 @@ class ClusterUnavailable(Exception):
 class ClusterStore(Protocol):
     node_id: str
 
-    def join(self, room_id: str, peer_id: str, token: str, max_peers: int | None):
+    def join(self, room_id: str, peer_id: str, token: str, max_peers: int | None, device: str | None = None):
         """Awaitable of the room's members ``{peer_id: node_id}`` after adding the
-        peer, or None when the room is full. ``max_peers`` None: no limit."""
+        peer, or None when the room is full. ``max_peers`` None: no limit. ``device``:
+        the device the resume token is bound to (auth on), kept in its record."""
 
     def leave(self, room_id: str, peer_id: str, token: str):
         """Awaitable of the room's remaining members."""
@@ -37,17 +54,34 @@ class ClusterStore(Protocol):
     def members(self, room_id: str):
         """Awaitable of the room's members."""
 
-    def publish(self, node_id: str, event: dict) -> None:
-        """Send ``event`` to a node; raises ClusterUnavailable when the store is down."""
+    def publish(self, node_id: str, event: dict, on_failure=None) -> None:
+        """Send ``event`` to a node; raises ClusterUnavailable when the store is down.
+        Later failures go to ``on_failure(code)`` (a code of UNDELIVERED)."""
+
+    def publish_now(self, node_id: str, event: dict):
+        """Awaitable of how many nodes got ``event`` (0: that node does not listen)."""
+
+    def node_alive(self, node_id: str):
+        """Awaitable: whether the node's lease is still there."""
+
+    def adopt(self, room_id: str, peer_id: str, token: str, old_node: str, new_token: str,
+              device: str | None = None):
+        """Awaitable of the room's members after taking over the peer of a dead node
+        under ``new_token`` (``token`` is spent), or None when it is no longer that
+        node's."""
+
+    lease: float
+    relay_timeout: float  # how late a relayed message may still be delivered
 
     def token(self, token: str):
-        """Awaitable of the resume token's record ``{"peer", "room", "node"}`` or None."""
+        """Awaitable of the resume token's record ``{"peer", "room", "node", "device"}`` or None."""
 
-    def move(self, room_id: str, peer_id: str, token: str, new_node: str, new_token: str):
+    def move(self, room_id: str, peer_id: str, token: str, new_node: str, new_token: str,
+             device: str | None = None):
         """Awaitable: the peer is now served by ``new_node``, under ``new_token``
         (``token`` is spent)."""
 
-    def rotate(self, room_id: str, peer_id: str, token: str, new_token: str):
+    def rotate(self, room_id: str, peer_id: str, token: str, new_token: str, device: str | None = None):
         """Awaitable: this node's peer now resumes with ``new_token`` (``token`` is spent)."""
 
     @property
@@ -92,6 +126,10 @@ class ClusterHub(Hub):
         self._takeovers: dict[str, dict] = {}  # takeovers waiting for the old connection to close
         self._remote: dict[str, dict[str, str]] = {}  # room -> {peer: node} of other nodes
         self._joining: dict[str, list[dict]] = {}  # room -> events that came during a join
+        self.deferred_leaves: list[tuple[str, str, str]] = []  # leaves the store may not have seen
+        self._relay_seq = 0
+        self._relays: dict[int, tuple[str, str, str]] = {}  # relays on their way: id -> (sender, type, to)
+        self._relays_expiry: deque[tuple[float, int]] = deque()
 
     # --- membership
 
@@ -100,8 +138,16 @@ class ClusterHub(Hub):
         if current == room_id:
             return [pid for pid in self._members_of(room_id) if pid != member.peer_id]
         if not self.store.available:
-            raise ClusterUnavailable()
+            return self._join_alone(member, room_id, current)
         return self._join(member, room_id, current)
+
+    def _join_alone(self, member: Member, room_id: str, current: str | None) -> list[str]:
+        """Without the store: a room this node can serve alone (no member known on
+        another node) is joined here; it is written to the store, and merged with
+        any members other nodes took meanwhile, when the store is back."""
+        if self._remote.get(room_id):
+            raise ClusterUnavailable()
+        return Hub.join(self, member, room_id)
 
     async def _join(self, member: Member, room_id: str, current: str | None) -> list[str]:
         if current is not None:
@@ -109,7 +155,10 @@ class ClusterHub(Hub):
         self._joining.setdefault(room_id, [])
         try:
             members = await self.store.join(room_id, member.peer_id, self.resume_token(member),
-                                            self.max_peers_per_room)
+                                            self.max_peers_per_room, device=bound_device(member))
+        except ClusterUnavailable:  # the store went away during the join
+            self._replay_joining(room_id, None)
+            return self._join_alone(member, room_id, None)
         except Exception:
             self._replay_joining(room_id, None)
             raise
@@ -148,8 +197,13 @@ class ClusterHub(Hub):
             remaining = await self.store.leave(room_id, peer_id, token)
         except ClusterUnavailable:  # put right when the store is back (re-registration)
             self._events.emit("warn", "cluster.leave_deferred", peer_id=peer_id)
+            self.deferred_leaves.append((room_id, peer_id, token))
             return
-        for node in {n for n in remaining.values() if n != self.store.node_id}:
+        nodes = {n for n in remaining.values() if n != self.store.node_id}
+        if nodes and not self.store.available:  # done in the store, but the others cannot hear it yet
+            self.deferred_leaves.append((room_id, peer_id, token))
+            return
+        for node in nodes:
             self._tell(node, {"op": "left", "room": room_id, "peer": peer_id})
 
     def _members_of(self, room_id: str) -> list[str]:
@@ -167,8 +221,37 @@ class ClusterHub(Hub):
         node = self._remote.get(room_id, {}).get(to)
         if node is None:
             raise UnknownPeer(to)
-        self.store.publish(node, {"op": "relay", "room": room_id, "to": to, "msg": message,
-                                  "node": self.store.node_id})
+        now = self.clock.seconds()
+        self._relay_seq += 1
+        rid = self._relay_seq
+        # Failures may be reported up to the deadline of the publish, then a notice of a
+        # late drop from the receiver; after that nothing more comes for this id.
+        expiries = self._relays_expiry
+        while expiries and expiries[0][0] < now:
+            self._relays.pop(expiries.popleft()[1], None)
+        self._relays[rid] = (sender.peer_id, message.get("type", ""), to)
+        try:
+            self.store.publish(node, {"op": "relay", "room": room_id, "to": to, "msg": message,
+                                      "node": self.store.node_id, "id": rid, "at": now},
+                               lambda code: self._undelivered(rid, code))
+        except ClusterUnavailable:
+            del self._relays[rid]  # the sender hears it now, as the answer to its message
+            raise
+        expiries.append((now + 2 * self.store.relay_timeout + 3.0, rid))
+
+    def _undelivered(self, rid: int, code: str) -> None:
+        """A relayed message did not reach its peer: tell its sender, once."""
+        relay = self._relays.pop(rid, None)
+        if relay is None:
+            return
+        sender_id, kind, to = relay
+        RELAY_FAILURES.labels(code).inc()
+        self._events.emit("warn", "cluster.relay_undelivered", peer_id=sender_id, to=to, message_type=kind,
+                          code=code)
+        room_id = self._room_of.get(sender_id)
+        place = self._rooms[room_id].get(sender_id) if room_id is not None else None
+        if place is not None:  # where the sender is now (held: it hears on resume)
+            place.send(undelivered_error(kind, to, code))
 
     def _deliver(self, target: Member, message: dict, from_node: str) -> None:
         moving = self._moving.get(target.peer_id)
@@ -191,26 +274,77 @@ class ClusterHub(Hub):
         if not record or record.get("node") == self.store.node_id:
             RESUMES.labels("unknown_token").inc()
             raise UnknownToken()
-        peer_id = record["peer"]
+        peer_id, room_id, old_node = record["peer"], record["room"], record["node"]
         if peer_id in self._handovers:  # one resume of a peer at a time
             RESUMES.labels("refused").inc()
             raise UnknownToken()
-        waiter = self._waiter(HANDOVER_TIMEOUT)
-        self._handovers[peer_id] = (waiter, member, token)
-        try:
-            # The node holding the peer checks the token and the device (it alone
-            # knows them for sure) before it lets the peer go.
-            self.store.publish(record["node"], {"op": "takeover", "peer": peer_id, "room": record["room"],
-                                                "node": self.store.node_id, "token": token,
-                                                "device": bound_device(member)})
-            resumed = await waiter.wait()
-        except TimeoutError:
-            RESUMES.labels("handover_timeout").inc()
-            raise UnknownToken() from None
-        finally:
-            self._handovers.pop(peer_id, None)
-        RESUMES.labels("resumed_elsewhere").inc()
-        return resumed
+        # The old node hands the peer over, once it has checked the token and the device
+        # (it alone knows them for sure); if it does not listen, it is restarting or
+        # dead: wait (polling) until it listens or its lease is gone, then take over.
+        deadline = self.clock.seconds() + max(HANDOVER_TIMEOUT, getattr(self.store, "lease", 0) + 1.0)
+        while True:
+            if not await self.store.node_alive(old_node):
+                return await self._adopt(member, token, record, old_node)
+            takeover = {"op": "takeover", "peer": peer_id, "room": room_id, "node": self.store.node_id,
+                        "token": token, "device": bound_device(member)}
+            waiter = self._waiter(max(0.1, deadline - self.clock.seconds()))
+            self._handovers[peer_id] = (waiter, member, token)
+            try:
+                if await self.store.publish_now(old_node, takeover):
+                    resumed = await waiter.wait()
+                    RESUMES.labels("resumed_elsewhere").inc()
+                    return resumed
+                waiter.fail(UnknownToken())  # not heard: this waiter is done with
+                try:
+                    await waiter.wait()
+                except UnknownToken:
+                    pass
+            except TimeoutError:
+                RESUMES.labels("handover_timeout").inc()
+                raise UnknownToken() from None
+            finally:
+                self._handovers.pop(peer_id, None)
+            if self.clock.seconds() >= deadline:
+                RESUMES.labels("handover_timeout").inc()
+                raise UnknownToken()
+            try:
+                await self._waiter(DEAD_NODE_POLL).wait()
+            except TimeoutError:
+                pass
+
+    async def _adopt(self, member: Member, token: str, record: dict, old_node: str) -> Resumed:
+        """The peer's node died: take its place over from the store alone. Its room
+        hears nothing; what the dead node held for it is lost (the answer says so).
+        The token is spent for a new one, and with auth on only the device it was bound
+        to may use it (the binding is in its record, since its node cannot tell)."""
+        peer_id, room_id = record["peer"], record["room"]
+        device = record.get("device")
+        if device is not None and not same_secret(device, bound_device(member)):
+            RESUMES.labels("refused").inc()
+            raise UnknownToken()
+        fresh = new_token()
+        members = await self.store.adopt(room_id, peer_id, token, old_node, fresh, device)
+        if members is None:  # swept already, or another resume was first
+            RESUMES.labels("unknown_token").inc()
+            raise UnknownToken()
+        member.peer_id = peer_id
+        self._place_quietly(member, room_id)
+        self._token_of[peer_id] = fresh
+        self._peer_of[fresh] = peer_id
+        if device is not None:
+            self._device_of[peer_id] = device
+        room = self._rooms[room_id]
+        remote = self._remote.setdefault(room_id, {})
+        remote.pop(peer_id, None)
+        for pid, node in members.items():
+            if pid not in room and node != self.store.node_id:
+                remote[pid] = node
+        for node in {n for n in remote.values() if n != old_node}:
+            self._tell(node, {"op": "moved", "room": room_id, "peer": peer_id, "node": self.store.node_id})
+        RESUMES.labels("resumed_after_node_loss").inc()
+        self._events.emit("info", "cluster.adopted", peer_id=peer_id, dead_node=old_node)
+        return Resumed(room_id, [pid for pid in list(room) + list(remote) if pid != peer_id], [], token=fresh,
+                       held_lost=True)
 
     def _on_takeover(self, event: dict) -> None:
         """Another node resumes one of ours: hand the peer over, quietly."""
@@ -251,7 +385,7 @@ class ClusterHub(Hub):
         # said (its marker) that nothing more will: only then may this node go.
         told = {n for n in members.values() if n not in (self.store.node_id, new_node)}
         self._forward[peer_id] = Forward(new_node, self.clock.seconds() + FORWARD_SECONDS, told | {new_node})
-        self._spawn(self._move(room_id, peer_id, token, new_node, fresh))
+        self._spawn(self._move(room_id, peer_id, token, new_node, fresh, device))
         self._events.emit("info", "cluster.handed_over", peer_id=peer_id, to=new_node, held=len(held))
         self._tell(new_node, {"op": "handover", "peer": peer_id, "room": room_id, "held": held,
                               "members": members, "node": self.store.node_id, "token": fresh,
@@ -268,9 +402,10 @@ class ClusterHub(Hub):
                 place.connection_open = False
             self._on_takeover(event)
 
-    async def _move(self, room_id: str, peer_id: str, token: str, new_node: str, new: str) -> None:
+    async def _move(self, room_id: str, peer_id: str, token: str, new_node: str, new: str,
+                    device: str | None) -> None:
         try:
-            await self.store.move(room_id, peer_id, token, new_node, new)
+            await self.store.move(room_id, peer_id, token, new_node, new, device=device)
         except Exception as e:  # the old node's lease sweep will settle it
             self._events.emit("warn", "cluster.move_failed", peer_id=peer_id, error=str(e)[:200])
 
@@ -279,7 +414,7 @@ class ClusterHub(Hub):
 
     async def _rotate(self, room_id: str, peer_id: str, old: str, new: str) -> None:
         try:
-            await self.store.rotate(room_id, peer_id, old, new)
+            await self.store.rotate(room_id, peer_id, old, new, device=self._device_of.get(peer_id))
         except Exception as e:  # the old token is refused here anyway (this node checks it)
             self._events.emit("warn", "cluster.rotate_failed", peer_id=peer_id, error=str(e)[:200])
 
@@ -383,8 +518,14 @@ class ClusterHub(Hub):
                               known=remote is not None and event["peer"] in remote)
             if remote is not None and event["peer"] in remote:
                 remote[event["peer"]] = event["node"]
-                self._tell(event["via"], {"op": "marker", "room": room_id, "peer": event["peer"],
-                                          "node": self.store.node_id})
+                if event.get("via"):  # not when the old node is dead: nothing left on that route
+                    self._tell(event["via"], {"op": "marker", "room": room_id, "peer": event["peer"],
+                                              "node": self.store.node_id})
+            return
+        if op == "relay_failed":
+            self._undelivered(event.get("id"), event.get("code", "relay_failed"))
+            return
+        if op == "relay" and self._late(event):
             return
         if room_id in self._joining and op in ("joined", "left"):
             self._joining[room_id].append(event)
@@ -410,6 +551,16 @@ class ClusterHub(Hub):
         elif op == "left":
             if self._remote.get(room_id, {}).pop(event["peer"], None) is not None:
                 self._announce(room, {"type": "peer_left", "peer_id": event["peer"]})
+
+    def _late(self, event: dict) -> bool:
+        """A relayed message older than the relay timeout (Redis stalled) is dropped,
+        not delivered late, and its sender's node is told."""
+        at = event.get("at")
+        if at is None or self.clock.seconds() - at <= self.store.relay_timeout:
+            return False
+        self._events.emit("warn", "cluster.relay_late", to=event.get("to"), age=round(self.clock.seconds() - at, 3))
+        self._tell(event.get("node", ""), {"op": "relay_failed", "id": event.get("id"), "code": "relay_failed"})
+        return True
 
     def reconcile(self, room_id: str, members: dict[str, str]) -> None:
         """Bring the mirror of a room in line with the store (after an outage)."""
@@ -444,4 +595,11 @@ class ClusterHub(Hub):
         try:
             self.store.publish(node, event)
         except ClusterUnavailable:
-            self._events.emit("warn", "cluster.publish_failed", op=event.get("op"))
+            self._events.emit("warn", "cluster.publish_failed", op=event.get("op"), node=node,
+                              error="Redis unreachable")
+
+
+def undelivered_error(kind: str, to: str, code: str) -> dict:
+    """The error a sender gets for a message that did not reach its peer on another node."""
+    return {"type": "error", "code": code, "message_type": kind, "to": to,
+            "message": f"{kind} to {to} not delivered: {UNDELIVERED.get(code, code)}"}

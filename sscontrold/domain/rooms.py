@@ -89,6 +89,7 @@ class Resumed:
     others: list[str]
     held: list[dict]
     token: str = ""  # the peer's next resume token (the one used is spent)
+    held_lost: bool = False  # resumed after its node died: what that node held for it is gone
 
 
 def new_token() -> str:
