@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import resource
 
 from twisted.application.service import MultiService
 from twisted.python import usage
@@ -66,9 +67,23 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+def open_file_limit() -> int:
+    """The process's open-file limit, first raised to the hard limit (what systemd's
+    LimitNOFILE= sets both to; a shell often has a lower soft limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit past fs.nr_open: keep the soft one
+            pass
+    return 2**31 if soft == resource.RLIM_INFINITY else soft
+
+
 def load_settings(flags: dict, config_file: str | None):
-    """The settings, with the TLS files checked too (a bad certificate is a config error)."""
-    settings = config.load(flags, os.environ, config_file)
+    """The settings, with the TLS files checked too (a bad certificate is a config error),
+    and the connection limits against the open-file limit."""
+    settings = config.load(flags, os.environ, config_file, open_files=open_file_limit())
     if settings.tls_enabled:
         ReloadableServerTLS(settings.tls_cert, settings.tls_key)
     return settings
