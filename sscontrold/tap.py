@@ -108,7 +108,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     node.extensions["turn"] = websocket_turn(node)
     sessions = SessionAPI(node, redis=redis)  # with Redis, sessions are shared by every node
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
-    site = public_site(factory, health, timeout=settings.handshake_timeout,
+    site = public_site(factory, health, settings.handshake_timeout, settings.session_body_max_bytes,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node)})
 
     top = DrainingService(reactor)
@@ -120,16 +120,18 @@ def makeService(options: Options, reactor=None) -> MultiService:
     sessions.service.setServiceParent(top)
     public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)
     listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws")]
+    sites = [site]
     if settings.admin_enabled:
+        sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
-                                  admin_site(readiness, health, settings.handshake_timeout), "http"))
+                                  sites[-1], "http"))
     for listener in listeners:
         listener.setServiceParent(top)
         readiness.add(f"listener_{listener.name}", listener.check)
     readiness.add("draining", lambda: "draining" if node.draining else None)
 
     reloader = Reloader(lambda: load_settings(options.flags, options.config_file),
-                        [node.apply, factory.apply, lambda new: tls and tls.apply(new),
+                        [node.apply, factory.apply, *(s.apply for s in sites), lambda new: tls and tls.apply(new),
                          lambda new: redis and redis.apply(new),
                          lambda new: logging.configure(new.log_level, new.log_format)],
                         notifier, reactor, started_with=settings)
