@@ -174,6 +174,9 @@ class WebSocketOrBanner(Resource):
         return BANNER
 
 
+LINGER_SECONDS = 2.0  # after a refusal, how long what the client still sends is read and dropped
+
+
 class BoundedRequest(Request):
     """A request whose body is kept in memory, never spooled to a temporary file
     (twisted.web does past 100 KB, and for every chunked body): the channel refuses
@@ -291,8 +294,17 @@ class GuardedChannel(HTTPChannel):
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                              % (code, http.RESPONSES[code], len(body), body))
         self.setTimeout(None)
-        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
+        self._networkProducer.unregisterProducer()
+        # A lingering close: stop writing but keep reading (and dropping) what the
+        # client still sends for a moment; closed with unread data, the socket would
+        # answer it with a reset that can destroy the answer before the client reads it.
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is not None and not self.isSecure():
+            self._abortingCall = self.callLater(LINGER_SECONDS, self.forceAbortClient)
+            half_close()
+        else:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            self.transport.loseConnection()
 
     def upgraded(self) -> None:
         """The WebSocket protocol owns the transport now: it counts it from here."""
