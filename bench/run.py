@@ -75,6 +75,16 @@ def raise_fd_limit(want: int) -> tuple[int, str]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0], note
 
 
+def unlimited_connections() -> list[str]:
+    """Connection flags that let every client in: the daemon refuses limits past
+    its open-file limit (raised to the hard one), so the largest that fits."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    total = 1000000 if hard == resource.RLIM_INFINITY else max(1, hard - 1000 - 64)
+    return ["--max-connections", str(total), "--max-connections-per-ip", "1000000",
+            "--max-http-connections", "1000", "--max-http-connections-per-ip", "1000",
+            "--max-queued-bytes", str(1 << 30)]
+
+
 def machine_busy() -> float:
     """Busy CPU seconds of the whole machine so far."""
     with open("/proc/stat") as f:
@@ -163,7 +173,7 @@ class Server:
                 "-n", "--pidfile=", "--reactor", "sscontrol-epoll", "sscontrol-signaling", "--config", str(empty),
                 "--host", "127.0.0.1", "--port", str(self.port), "--admin-enabled", "false",
                 # no limit may interfere with the measurement
-                "--max-connections", "1000000", "--max-connections-per-ip", "1000000",
+                *unlimited_connections(),
                 "--rate-limit-per-second", "1000000000", "--rate-limit-burst", "1000000000",
                 "--rate-limit-strikes", "1000000", "--nonce-store-max", "100000000",
                 "--ping-interval", "0", "--resume-grace", "0", "--auth-timeout", "120",

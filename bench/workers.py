@@ -55,7 +55,7 @@ class Workers:
             self.procs.append(subprocess.Popen(run.twistd() + [
                 "-n", "--pidfile=", "--reactor", "sscontrol-epoll", "sscontrol-signaling", "--config", str(empty),
                 "--host", "127.0.0.1", "--port", str(self.port), "--reuse-port", "true", "--admin-enabled", "false",
-                "--max-connections", "1000000", "--max-connections-per-ip", "1000000",
+                *run.unlimited_connections(),
                 "--rate-limit-per-second", "1000000000", "--rate-limit-burst", "1000000000",
                 "--rate-limit-strikes", "1000000", "--nonce-store-max", "100000000",
                 "--ping-interval", "0", "--resume-grace", "0", "--auth-timeout", "120",

@@ -129,10 +129,10 @@ class HealthSummary:
                 "uptime": round(self._clock() - self._started, 3), **self._counts(), "checks": checks}
 
 
-def admin_site(readiness: Readiness, health: HealthSummary, timeout: float) -> Site:
+def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, max_body_bytes: int) -> Site:
     root = JSONRoot()
     root.putChild(b"health", Health(health))
     root.putChild(b"ready", Ready(readiness))
     root.putChild(b"live", Live())
     root.putChild(b"metrics", Metrics(ReadinessCollector(readiness)))
-    return QuietSite(root, timeout=timeout)
+    return QuietSite(root, timeout, max_body_bytes)

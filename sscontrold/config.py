@@ -172,11 +172,25 @@ FIELDS: tuple[Field, ...] = (
           "its room sees peer_left only after that. 0: peer_left at once."),
     Field("resume_max_messages", "limits", _int_range(1), 256, "Messages held for a dropped peer."),
     Field("resume_max_bytes", "limits", _int_range(1024), 1024 * 1024, "Bytes held for a dropped peer."),
-    Field("max_connections", "limits", _int_range(1), 20000, "WebSocket connections in total (503 at the handshake)."),
+    Field("max_connections", "limits", _int_range(1), 16000, "WebSocket connections in total (503 at the handshake). "
+          "Plus max_http_connections plus 64 (admin listener, Redis, files) it must stay within the "
+          "process's open-file limit (LimitNOFILE), checked at start-up."),
     Field("max_connections_per_ip", "limits", _int_range(1), 100,
           "WebSocket connections from one client address (429 at the handshake)."),
+    Field("max_http_connections", "limits", _int_range(1), 1000,
+          "Connections on the public port not (yet) upgraded to a WebSocket (HTTP requests, "
+          "handshakes in progress), counted from accept; past it a new one is closed at once. "
+          "max_connections plus this plus 64 must stay within the open-file limit (LimitNOFILE)."),
+    Field("max_http_connections_per_ip", "limits", _int_range(1), 50,
+          "Connections not (yet) upgraded from one TCP address, counted from accept; past it a new "
+          "one is closed at once (trusted_proxies are counted by X-Forwarded-For at the upgrade instead)."),
     Field("handshake_timeout", "limits", _seconds(0.1), 10.0,
-          "Seconds a client has to complete the HTTP request / WebSocket handshake."),
+          "Seconds a client has to send a whole HTTP request (a WebSocket handshake included), from "
+          "its first byte (or the accept): a deadline, not reset by each byte; also the idle timeout "
+          "of an HTTP connection between requests."),
+    Field("max_queued_bytes", "limits", _int_range(65536), 1024 * 1024,
+          "Bytes queued for a WebSocket peer that does not read them fast enough; past it the peer "
+          "is closed with 1008."),
     # Autobahn schedules keepalive timers on whole seconds (rounding down), so a timeout
     # under 2 s could fire before a healthy peer's pong arrives.
     Field("ping_interval", "limits", _seconds(0), 30.0, "Seconds between WebSocket pings (0: off)."),
@@ -207,7 +221,9 @@ FIELDS: tuple[Field, ...] = (
     Field("session_max_per_address", "sessions", _int_range(1), 20,
           "Live REST sessions one client address may have created (over all nodes with Redis); the "
           "next create gets 429 with Retry-After, so a few addresses cannot fill session_max_count."),
-    Field("session_body_max_bytes", "sessions", _int_range(1024), 65536, "Largest REST request body."),
+    Field("session_body_max_bytes", "sessions", _int_range(1024), 65536,
+          "Largest HTTP request body, on every path of both listeners (a larger Content-Length "
+          "gets 413 before the body is read; a chunked body is cut at it)."),
     Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
     Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),
     # [redis]
@@ -303,12 +319,14 @@ def load(
     flags: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | None = None,
+    open_files: int | None = None,
 ) -> Settings:
     """Build the settings from the file, the environment and the flags.
 
     ``flags`` maps setting names to the raw strings given on the command line.
     ``config_file`` is the --config flag; unset, SSCONTROL_CONFIG or the default
-    path is used when it exists.
+    path is used when it exists. ``open_files``: the process's open-file limit, which
+    the connection limits must fit in (unchecked when None).
     """
     flags = dict(flags or {})
     environ = os.environ if environ is None else environ
@@ -357,6 +375,8 @@ def load(
             values[field.name] = found[0]
 
     _check_together(values, sources)
+    if open_files is not None:
+        _check_open_files(values, sources, open_files)
     return Settings(**values, config_file=path if os.path.exists(path) else None)
 
 
@@ -406,6 +426,26 @@ def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
         fail("reuse_port", "needs redis_url: processes sharing a port must share their rooms")
     if values["admin_enabled"] and values["admin_port"] == values["port"] and values["port"] != 0:
         fail("admin_port", "must differ from port")
+
+
+# Descriptors besides the public connections: the listeners, the admin listener's
+# connections (a scraper, a health check), Redis, the log and the files read on reload.
+FD_HEADROOM = 64
+
+
+def _check_open_files(values: dict[str, Any], sources: dict[str, str], open_files: int) -> None:
+    """Every connection the limits let in must get a descriptor: past the open-file
+    limit, accept() fails for everyone (the admin listener and Redis included)."""
+    need = values["max_connections"] + values["max_http_connections"] + FD_HEADROOM
+    if need > open_files:
+        default = "the built-in default"
+        key = ("max_http_connections" if sources["max_connections"] == default
+               and sources["max_http_connections"] != default else "max_connections")
+        raise ConfigError(
+            f"invalid setting {key} from {sources[key]}: max_connections ({values['max_connections']}) + "
+            f"max_http_connections ({values['max_http_connections']}) + {FD_HEADROOM} for the listeners "
+            f"and Redis = {need} descriptors, more than the open-file limit of this process ({open_files}, "
+            f"RLIMIT_NOFILE: LimitNOFILE= in the unit): lower them or raise the limit")
 
 
 def example_file() -> str:

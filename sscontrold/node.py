@@ -88,6 +88,9 @@ class SignalingNode:
         self.nonces = nonces or MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
         self.connections = ConnectionCounter(settings.max_connections, settings.max_connections_per_ip)
+        # Connections of the public port before their upgrade, counted from accept by TCP address.
+        self.http_connections = ConnectionCounter(settings.max_http_connections,
+                                                  settings.max_http_connections_per_ip)
         self.limits = message_limits(settings)
         self.trusted_proxies = frozenset(settings.trusted_proxies)
         self.extensions: dict[str, Any] = {}
@@ -107,6 +110,8 @@ class SignalingNode:
         self.authenticator.policy = auth_policy(settings)
         self.connections.max_total = settings.max_connections
         self.connections.max_per_address = settings.max_connections_per_ip
+        self.http_connections.max_total = settings.max_http_connections
+        self.http_connections.max_per_address = settings.max_http_connections_per_ip
         self.limits = message_limits(settings)
         self.trusted_proxies = frozenset(settings.trusted_proxies)
         self.failures.configure(settings.auth_failure_limit, settings.auth_failure_window,

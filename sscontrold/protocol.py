@@ -19,11 +19,11 @@ from types import FunctionType
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from prometheus_client import Gauge
-from twisted.internet import tcp
+from prometheus_client import Counter, Gauge
+from twisted.internet import abstract, tcp
 from twisted.logger import Logger
 
-from .domain.client import ERRORS, Client
+from .domain.client import CLOSE_POLICY_VIOLATION, ERRORS, Client
 from .metrics import LatencyHistogram
 from .web import REQUESTS, endpoint_label
 
@@ -55,6 +55,8 @@ RELAYED = frozenset({"offer", "answer", "ice"})
 RESUMABLE_CLOSE_CODES = frozenset({1012})  # service restart: reconnect and resume
 
 ACTIVE = Gauge("sscontrol_active_connections", "Open WebSocket connections.")
+QUEUE_OVERFLOWS = Counter("sscontrol_queue_overflows_total", "WebSocket peers closed (1008) because more than "
+                          "max_queued_bytes waited to be sent to them: they did not read.")
 RELAY_LATENCY = LatencyHistogram("sscontrol_relay_latency_seconds", "From a relayed message read to its copy "
                                  "written to the recipient's transport.",
                                  buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
@@ -123,10 +125,18 @@ def write_now(transport, data: bytes) -> None:
     transport.write(data)
 
 
+def socket_transport(transport):
+    """The TCP transport under ``transport`` (under TLS, the one TLS writes to)."""
+    while transport is not None and not isinstance(transport, abstract.FileDescriptor):
+        transport = getattr(transport, "transport", None)
+    return transport
+
+
 class SignalingProtocol(WebSocketServerProtocol):
     client: Client | None = None
     address: str | None = None
     _counted = False
+    _socket = None  # the TCP transport whose write buffer the outgoing budget measures
 
     # --- reading
 
@@ -165,8 +175,6 @@ class SignalingProtocol(WebSocketServerProtocol):
             if length > limit or stop > end:
                 break  # oversize (Autobahn closes with 1009) or incomplete (Autobahn buffers)
             pos = stop
-            if self.autoPingTimeoutCall is not None and self.autoPingRestartOnAnyTraffic:
-                self._cancelAutoPingTimeoutCall()  # as Autobahn does on a data frame
             self.onMessage(unmask(data[head:start], data[start:stop]), False)
             if self.state != OPEN:
                 break
@@ -223,6 +231,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onOpen(self):
         node = self.factory.node
         self.client = node.new_client(self, self.address)
+        self._socket = socket_transport(self.transport)
         self.factory.open_connections.add(self)
         REQUESTS.labels(endpoint_label(self.http_request_path.encode()), "101").inc()
         node.events.emit("info", "connection.open", address=self.address, peer_id=self.client.peer_id)
@@ -244,6 +253,16 @@ class SignalingProtocol(WebSocketServerProtocol):
             return
         if client.relayed and kind in RELAYED:
             self.factory.batch.relayed += 1
+
+    def onPing(self, payload):
+        client = self.client
+        if client is None or client.receive_control("ping"):  # over the message rate: no pong
+            super().onPing(payload)
+
+    def onPong(self, payload):
+        client = self.client
+        if client is not None:
+            client.receive_control("pong")
 
     def onClose(self, wasClean, code, reason):
         try:
@@ -283,6 +302,28 @@ class SignalingProtocol(WebSocketServerProtocol):
             self.factory.batch.flush_one(self)  # messages sent before the close go first
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
 
+    def write_frames(self, data: bytes) -> None:
+        """Write to the peer, within its outgoing budget: what it has not read stays
+        queued here, so a peer that does not read is closed rather than let grow."""
+        write_now(self.transport, data)
+        sock = self._socket
+        if sock is not None and (sock._tempDataLen or sock.dataBuffer):
+            queued = len(sock.dataBuffer) - sock.offset + sock._tempDataLen
+            if queued > self.factory.max_queued_bytes and self.state == OPEN:
+                self._over_budget(queued)
+
+    def _over_budget(self, queued: int) -> None:
+        QUEUE_OVERFLOWS.inc()
+        client = self.client
+        self.factory.node.events.emit("warn", "limit.queued_bytes", address=self.address,
+                                      peer_id=client.peer_id if client is not None else None, queued=queued)
+        # The close frame waits behind what is queued; if the peer never reads it,
+        # the close handshake timeout drops the connection.
+        if client is not None:
+            client.close(CLOSE_POLICY_VIOLATION, "outgoing queue limit exceeded: read your messages")
+        else:
+            self.close(CLOSE_POLICY_VIOLATION, "outgoing queue limit exceeded: read your messages")
+
 
 class WriteBatch:
     """Frames for each recipient, held while a read is handled and written in one
@@ -304,7 +345,7 @@ class WriteBatch:
 
     def write(self, protocol: SignalingProtocol, frame: bytes) -> None:
         if not self.active:
-            write_now(protocol.transport, frame)
+            protocol.write_frames(frame)
             return
         frames = self._pending.get(protocol)
         if frames is None:
@@ -315,14 +356,14 @@ class WriteBatch:
     def flush_one(self, protocol: SignalingProtocol) -> None:
         frames = self._pending.pop(protocol, None)
         if frames:
-            write_now(protocol.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+            protocol.write_frames(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def end(self) -> None:
         self.active = False
         pending, self._pending = self._pending, {}
         for protocol, frames in pending.items():
             if protocol.state == OPEN:
-                write_now(protocol.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+                protocol.write_frames(frames[0] if len(frames) == 1 else b"".join(frames))
         if self.relayed:
             RELAY_LATENCY.observe(perf_counter() - self._started, self.relayed)
             self.relayed = 0
@@ -338,6 +379,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.open_connections: set[SignalingProtocol] = set()
         self.batch = WriteBatch()
         self.fast_limit = 0
+        self.max_queued_bytes = 0
         self.apply(settings)
 
     def apply(self, settings) -> None:
@@ -347,6 +389,9 @@ class SignalingFactory(WebSocketServerFactory):
             maxMessagePayloadSize=settings.max_message_bytes,
             autoPingInterval=settings.ping_interval,
             autoPingTimeout=settings.ping_timeout,
+            # Liveness is the pong: data frames from a peer prove it sends, not that it
+            # reads (one flooding a peer that never answers a ping must time out).
+            autoPingRestartOnAnyTraffic=False,
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=5,
             failByDrop=False,  # a protocol violation gets a close frame with its code (1007, 1009)
@@ -360,6 +405,7 @@ class SignalingFactory(WebSocketServerFactory):
             # 1007: Autobahn's own check would cost more than the parse.
             utf8validateIncoming=False,
         )
+        self.max_queued_bytes = settings.max_queued_bytes
         # Largest message the hot path reads itself (16-bit lengths only).
         self.fast_limit = min(settings.max_frame_bytes, settings.max_message_bytes, 65535)
         # Autobahn copies its ~30 options from the factory onto each new protocol

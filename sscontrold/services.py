@@ -42,9 +42,17 @@ class SharedPortEndpoint:
             sock.close()  # the reactor's port has its own copy of the descriptor
 
 
+class TLSFactory(TLSMemoryBIOFactory):
+    """TLS around a factory that may refuse a connection (None: closed at accept)."""
+
+    def buildProtocol(self, addr):
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        return None if wrapped is None else self.protocol(self, wrapped)
+
+
 def with_tls(factory, tls):
     """Wrap ``factory`` in TLS when ``tls`` (a connection creator) is given."""
-    return factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
+    return factory if tls is None else TLSFactory(tls, False, factory)
 
 
 class Listener(Service):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import resource
 
 from twisted.application.service import MultiService
 from twisted.python import usage
@@ -66,9 +67,23 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+def open_file_limit() -> int:
+    """The process's open-file limit, first raised to the hard limit (what systemd's
+    LimitNOFILE= sets both to; a shell often has a lower soft limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit past fs.nr_open: keep the soft one
+            pass
+    return 2**31 if soft == resource.RLIM_INFINITY else soft
+
+
 def load_settings(flags: dict, config_file: str | None):
-    """The settings, with the TLS files checked too (a bad certificate is a config error)."""
-    settings = config.load(flags, os.environ, config_file)
+    """The settings, with the TLS files checked too (a bad certificate is a config error),
+    and the connection limits against the open-file limit."""
+    settings = config.load(flags, os.environ, config_file, open_files=open_file_limit())
     if settings.tls_enabled:
         ReloadableServerTLS(settings.tls_cert, settings.tls_key)
     return settings
@@ -93,7 +108,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     node.extensions["turn"] = websocket_turn(node)
     sessions = SessionAPI(node, redis=redis)  # with Redis, sessions are shared by every node
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
-    site = public_site(factory, health, timeout=settings.handshake_timeout,
+    site = public_site(factory, health, settings.handshake_timeout, settings.session_body_max_bytes,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node)})
 
     top = DrainingService(reactor)
@@ -105,16 +120,18 @@ def makeService(options: Options, reactor=None) -> MultiService:
     sessions.service.setServiceParent(top)
     public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)
     listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws")]
+    sites = [site]
     if settings.admin_enabled:
+        sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
-                                  admin_site(readiness, health, settings.handshake_timeout), "http"))
+                                  sites[-1], "http"))
     for listener in listeners:
         listener.setServiceParent(top)
         readiness.add(f"listener_{listener.name}", listener.check)
     readiness.add("draining", lambda: "draining" if node.draining else None)
 
     reloader = Reloader(lambda: load_settings(options.flags, options.config_file),
-                        [node.apply, factory.apply, lambda new: tls and tls.apply(new),
+                        [node.apply, factory.apply, *(s.apply for s in sites), lambda new: tls and tls.apply(new),
                          lambda new: redis and redis.apply(new),
                          lambda new: logging.configure(new.log_level, new.log_format)],
                         notifier, reactor, started_with=settings)

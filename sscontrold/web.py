@@ -4,14 +4,16 @@ plain GET /, and /health. Every error is a JSON body; no traceback is ever shown
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Callable
 
 import orjson
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from . import __version__
@@ -23,6 +25,15 @@ REQUESTS = Counter("sscontrol_requests_total", "HTTP requests (WebSocket handsha
 # Endpoint labels come from this fixed table, never from the raw path.
 ENDPOINTS = {"": "/", "ws": "/ws", "health": "/health", "turn": "/turn", "api": "/api/session",
              "ready": "/ready", "live": "/live", "metrics": "/metrics"}
+
+
+HTTP_OPEN = Gauge("sscontrol_http_connections", "Connections of the public port not (yet) upgraded to a "
+                  "WebSocket, counted from accept.")
+HTTP_REFUSED = Counter("sscontrol_http_connections_refused_total", "Connections of the public port closed at "
+                       "accept: max_http_connections (total) or max_http_connections_per_ip (per_address).",
+                       ["scope"])
+HTTP_STALLS = Counter("sscontrol_http_stalls_total", "Times an HTTP connection stopped being read because its "
+                      "client did not read the answers to the requests it pipelined.")
 
 
 def endpoint_label(path: bytes) -> str:
@@ -156,9 +167,12 @@ class WebSocketOrBanner(Resource):
     def render(self, request: Request):
         upgrade = request.getHeader(b"upgrade") or b""
         if b"websocket" in upgrade.lower():
-            transport = request.channel.transport
+            channel = request.channel
+            transport = channel.transport
             result = self._websocket.render(request)
-            if request.channel.transport is None and transport.connected and not transport.disconnecting:
+            if channel.transport is None:  # Autobahn took the connection over
+                channel.upgraded()  # the WebSocket protocol counts it from here
+            if channel.transport is None and transport.connected and not transport.disconnecting:
                 # Autobahn took the connection over and opened it. The HTTP channel
                 # stays registered as the transport's producer, keeping itself and
                 # this Request (headers, buffers) alive for as long as the WebSocket
@@ -173,12 +187,201 @@ class WebSocketOrBanner(Resource):
         return BANNER
 
 
+LINGER_SECONDS = 2.0  # after a refusal, how long what the client still sends is read and dropped
+
+
+class BoundedRequest(Request):
+    """A request whose body is kept in memory, never spooled to a temporary file
+    (twisted.web does past 100 KB, and for every chunked body): the channel refuses
+    a body larger than the site's limit, by its Content-Length before reading it,
+    chunked when it gets there."""
+
+    def gotLength(self, length):
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or channel.refused:
+            return
+        limit = channel.site.max_body_bytes
+        if self.content.tell() + len(data) > limit:
+            channel.refuse(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+            return
+        self.content.write(data)
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTP connection that a hostile client cannot hold or grow:
+
+    - one deadline (the site's timeout) for a whole request, from its first byte (or
+      the accept), not reset by each byte: a client trickling bytes is cut (408);
+    - a body judged by its Content-Length before it is read (413 at once), a chunked
+      one cut at the limit;
+    - answers the client does not read stop the parsing of its pipelined requests and
+      the reading of its socket until it reads them: what it makes us hold is bounded
+      by a socket buffer, not by how much it sends.
+    """
+
+    refused = False
+    _deadline = None
+    _deadline_seconds = None
+    _stalled = False  # a response waits for the client to read: the rest waits unparsed
+    _counted: str | None = None  # the address counted in the node's http_connections
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._deadline_seconds = self.timeOut
+        self._start_deadline()
+
+    def _start_deadline(self) -> None:
+        if self._deadline_seconds:
+            self._deadline = self.callLater(self._deadline_seconds, self._too_slow)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.refuse(http.REQUEST_TIMEOUT, "request not received in time")
+
+    def dataReceived(self, data):
+        if self.refused:
+            return
+        if self._deadline is None and not self._handlingRequest:
+            self._start_deadline()  # the first bytes of the next request
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data):
+        if not self.refused:
+            super().rawDataReceived(data)
+
+    def allHeadersReceived(self):
+        limit = self.site.max_body_bytes
+        if self.length is not None and self.length > limit:
+            self.refuse(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self):
+        if self.refused:
+            return
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        if self._waitingForTransport and self.persistent and self.requests and request is self.requests[0]:
+            # The client does not read what we answer: keep what it sent next as bytes
+            # and stop reading, until the transport drains (resumeProducing).
+            del self.requests[0]
+            self._stalled = True
+            HTTP_STALLS.inc()
+            self._networkProducer.pauseProducing()
+            if self._savedTimeOut:  # idle now: the idle timeout ends a client that never reads
+                self.setTimeout(self._savedTimeOut)
+            return
+        super().requestDone(request)
+
+    def resumeProducing(self):
+        super().resumeProducing()
+        if self._stalled and not self._waitingForTransport:
+            self._stalled = False
+            self._handlingRequest = False
+            self._networkProducer.resumeProducing()
+            data, self._dataBuffer = b"".join(self._dataBuffer), []
+            self.setLineMode(data)
+
+    def refuse(self, code: int, message: str) -> None:
+        """Answer ``code`` with a JSON error now, whatever state the request is in,
+        and close: nothing more is read."""
+        if self.refused or self.transport is None:
+            return
+        self.refused = True
+        self._cancel_deadline()
+        path = getattr(self, "_path", b"")
+        REQUESTS.labels(endpoint_label(path), str(code)).inc()
+        body = orjson.dumps({"success": False, "error": message})
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                             % (code, http.RESPONSES[code], len(body), body))
+        self.setTimeout(None)
+        self._networkProducer.unregisterProducer()
+        # A lingering close: stop writing but keep reading (and dropping) what the
+        # client still sends for a moment; closed with unread data, the socket would
+        # answer it with a reset that can destroy the answer before the client reads it.
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is not None and not self.isSecure():
+            self._abortingCall = self.callLater(LINGER_SECONDS, self.forceAbortClient)
+            half_close()
+        else:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            self.transport.loseConnection()
+
+    def upgraded(self) -> None:
+        """The WebSocket protocol owns the transport now: it counts it from here."""
+        self._cancel_deadline()
+        self.setTimeout(None)
+        self._uncount()
+
+    def _uncount(self) -> None:
+        address, self._counted = self._counted, None
+        if address is not None:
+            self.site.node.http_connections.close(address)
+            HTTP_OPEN.dec()
+
+    def connectionLost(self, reason):
+        self._cancel_deadline()
+        self._uncount()
+        super().connectionLost(reason)
+
+
 class QuietSite(Site):
     """A Site that never shows tracebacks and whose access log drops query strings
-    (a /turn query may carry a key)."""
+    (a /turn query may carry a key); its connections are GuardedChannels. With a
+    ``node``, connections are counted from accept, and refused past its limits."""
 
     displayTracebacks = False
     noisy = False
+    protocol = GuardedChannel
+    requestFactory = BoundedRequest
+
+    def __init__(self, resource, timeout: float, max_body_bytes: int, node=None):
+        super().__init__(resource, timeout=timeout)
+        self.max_body_bytes = max_body_bytes
+        self.node = node
+        self._refusals = 0  # since the last warning line
+        self._warned_at = float("-inf")
+
+    def apply(self, settings) -> None:
+        """New settings: new connections take the timeout; every body the size limit."""
+        self.timeOut = settings.handshake_timeout
+        self.max_body_bytes = settings.session_body_max_bytes
+
+    def buildProtocol(self, addr):
+        node = self.node
+        host = getattr(addr, "host", None)
+        if node is not None and host is not None:
+            refused = node.http_connections.try_open(host, per_address=host not in node.trusted_proxies)
+            if refused is not None:
+                self._refused(refused, host)
+                return None  # closed before a byte is read: the limit is what reading would cost
+        channel = super().buildProtocol(addr)
+        if node is not None and host is not None:
+            channel._counted = host
+            HTTP_OPEN.inc()
+        return channel
+
+    def _refused(self, scope: str, host: str) -> None:
+        HTTP_REFUSED.labels(scope).inc()
+        # One line a second at most: a flood of sockets must not become a flood of lines.
+        self._refusals += 1
+        now = self.node.clock.seconds()
+        if now - self._warned_at >= 1.0:
+            self.node.events.emit("warn", "limit.http_connections", address=host, scope=scope,
+                                  refused=self._refusals)
+            self._refusals, self._warned_at = 0, now
 
     def log(self, request: Request) -> None:
         REQUESTS.labels(endpoint_label(request.uri), str(request.code)).inc()
@@ -187,7 +390,7 @@ class QuietSite(Site):
             "method": request.method.decode("ascii", "replace"), "path": path, "code": request.code})
 
 
-def public_site(websocket_factory, health: Callable[[], dict], timeout: float,
+def public_site(websocket_factory, health: Callable[[], dict], timeout: float, max_body_bytes: int,
                 extra: dict[bytes, Resource] | None = None) -> Site:
     root = JSONRoot()
     endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory))
@@ -196,4 +399,4 @@ def public_site(websocket_factory, health: Callable[[], dict], timeout: float,
     root.putChild(b"health", Health(health))
     for name, resource in (extra or {}).items():
         root.putChild(name, resource)
-    return QuietSite(root, timeout=timeout)
+    return QuietSite(root, timeout, max_body_bytes, node=websocket_factory.node)

@@ -85,8 +85,17 @@ class RawPeer:
     """A hand-made WebSocket client on a plain socket: it can stop answering
     pings, drop TCP without a close frame, or send frames the library refuses."""
 
-    def __init__(self, host: str, port: int, path: str = "/ws"):
-        self.sock = socket.create_connection((host, port), timeout=5)
+    def __init__(self, host: str, port: int, path: str = "/ws", source: str | None = None,
+                 rcvbuf: int | None = None):
+        """``source``: the local address to connect from; ``rcvbuf``: a small receive
+        buffer, for a peer that does not read (so the server's queue fills sooner)."""
+        self.sock = socket.socket()
+        self.sock.settimeout(5)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            self.sock.bind((source, 0))
+        self.sock.connect((host, port))
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -166,16 +166,30 @@ class Client:
         MESSAGES.counts[kind] += 1  # kinds are handler names and a few labels: a bounded set
         return kind
 
-    def _dispatch(self, payload: bytes, is_binary: bool) -> str:
+    def receive_control(self, kind: str) -> bool:
+        """A ping or pong from the peer: it counts against the message rate like any
+        message. Returns whether to answer it (a ping over the rate gets no pong)."""
+        if self._closing:
+            return False
+        allowed = self._rate_ok()
+        MESSAGES.counts[kind if allowed else "rate_limited"] += 1
+        return allowed
+
+    def _rate_ok(self) -> bool:
         verdict = self._bucket.take()
-        if verdict != "ok":
-            self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
-                             peer_id=self.peer_id, action=verdict)
-            if verdict == "close":
-                ERRORS.labels("rate_limit_close").inc()
-                self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
-            else:
-                self.send_error("rate limit exceeded: slow down", "rate_limited")
+        if verdict == "ok":
+            return True
+        self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
+                         peer_id=self.peer_id, action=verdict)
+        if verdict == "close":
+            ERRORS.labels("rate_limit_close").inc()
+            self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
+        else:
+            self.send_error("rate limit exceeded: slow down", "rate_limited")
+        return False
+
+    def _dispatch(self, payload: bytes, is_binary: bool) -> str:
+        if not self._rate_ok():
             return "rate_limited"
         if is_binary:
             self.send_error("binary frames are not supported: send JSON text frames", "bad_message")
@@ -446,6 +460,8 @@ class Client:
         self._relay(to, {"type": kind, "from": self.peer_id, "to": to, "sdp": sdp})
 
     def _relay(self, to: str, message: dict) -> None:
+        if to == self.peer_id:  # it would only fill the sender's own queue
+            raise BadMessage("cannot relay a message to yourself", "self_relay")
         try:
             self.hub.relay(self, to, message)
             self.relayed = True

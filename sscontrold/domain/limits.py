@@ -48,12 +48,13 @@ class ConnectionCounter:
         self.total = 0
         self._per_address: dict[str, int] = {}
 
-    def try_open(self, address: str) -> str | None:
-        """Count a new connection; return None, or why it is refused ("total", "per_address")."""
+    def try_open(self, address: str, per_address: bool = True) -> str | None:
+        """Count a new connection; return None, or why it is refused ("total", "per_address").
+        ``per_address`` False: counted, but not held to the per-address limit (a trusted proxy)."""
         if self.total >= self.max_total:
             return "total"
         count = self._per_address.get(address, 0)
-        if count >= self.max_per_address:
+        if per_address and count >= self.max_per_address:
             return "per_address"
         self._per_address[address] = count + 1
         self.total += 1
