@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .domain.origins import parse_origins
+
 DEFAULT_CONFIG_FILE = "/etc/sscontrol/signaling.conf"
 
 
@@ -131,6 +133,14 @@ FIELDS: tuple[Field, ...] = (
           "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
     Field("trusted_proxies", "server", _list, (),
           "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
+    Field("allowed_origins", "server", parse_origins, ("*",),
+          "Web origins whose pages may open a WebSocket or call /api and /turn (a browser's Origin "
+          "header), comma-separated: https://app.example.com, https://*.example.com (sub-domains), "
+          "*.example.com (http and https), null. Others get 403 before the upgrade. The daemon's own "
+          "pages are always allowed. The REST CORS answer uses the same list. *: any (the default)."),
+    Field("require_origin", "server", _bool, False,
+          "Refuse (403) WebSocket upgrades and API requests without an Origin header, i.e. every "
+          "client but a browser. Off: native clients, which send none, are admitted."),
     # [auth]
     Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
           "empty: auth off). Prefer api_key_file (re-read on every reload) or the systemd credential "
@@ -199,7 +209,9 @@ FIELDS: tuple[Field, ...] = (
     Field("session_max_count", "sessions", _int_range(1), 2000, "REST sessions held at once."),
     Field("session_body_max_bytes", "sessions", _int_range(1024), 65536, "Largest REST request body."),
     Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
-    Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),
+    Field("cors_origins", "sessions", parse_origins, ("*",),
+          "Deprecated: set allowed_origins, which drives the CORS answer too. Alone, it keeps its old "
+          "meaning: the origins named in the CORS answer of the REST API and /turn, none refused."),
     # [redis]
     Field("redis_url", "redis", _optional_str, None,
           "redis:// or rediss:// URL (host, port, database) of the Redis that several nodes share. "
@@ -343,6 +355,13 @@ def load(
             values[field.name] = tuple(dict.fromkeys(tuple(values[field.name]) + found))  # no repeats
         elif values[field.name] is None and found:
             values[field.name] = found[0]
+
+    # allowed_origins drives the CORS answer; cors_origins is its deprecated forerunner.
+    if sources["allowed_origins"] != "the built-in default":
+        if sources["cors_origins"] != "the built-in default" and values["cors_origins"] != values["allowed_origins"]:
+            raise ConfigError(f"invalid setting cors_origins from {sources['cors_origins']}: deprecated, and "
+                              f"allowed_origins is set too: keep only allowed_origins")
+        values["cors_origins"] = values["allowed_origins"]
 
     _check_together(values, sources)
     return Settings(**values, config_file=path if os.path.exists(path) else None)

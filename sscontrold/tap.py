@@ -14,6 +14,7 @@ from .admin import HealthSummary, Readiness, admin_site
 from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
+from .origin_gate import OriginGate
 from .protocol import SignalingFactory
 from .redis import RedisCluster, RedisLink, RedisNonceStore
 from .rest import SessionAPI
@@ -95,6 +96,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
     site = public_site(factory, health, timeout=settings.handshake_timeout,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node)})
+    site.resource = OriginGate(site.resource, node)  # allowed_origins, before any upgrade
 
     top = DrainingService(reactor)
     if redis is not None:
