@@ -119,10 +119,12 @@ class HealthSummary:
                 "uptime": round(self._clock() - self._started, 3), **self._counts(), "checks": checks}
 
 
-def admin_site(readiness: Readiness, health: HealthSummary, timeout: float) -> Site:
+def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, extra=None) -> Site:
     root = JSONRoot()
     root.putChild(b"health", Health(health))
     root.putChild(b"ready", Ready(readiness))
     root.putChild(b"live", Live())
     root.putChild(b"metrics", Metrics(ReadinessCollector(readiness)))
+    for name, resource in (extra or {}).items():  # the operators' actions (admin_actions.py)
+        root.putChild(name, resource)
     return QuietSite(root, timeout=timeout)

@@ -11,6 +11,7 @@ from twisted.python import usage
 from . import __version__, config, logging
 from .config import ConfigError
 from .admin import HealthSummary, Readiness, admin_site
+from .admin_actions import admin_actions
 from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
@@ -108,8 +109,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)
     listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws")]
     if settings.admin_enabled:
+        actions = admin_actions(node, lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
-                                  admin_site(readiness, health, settings.handshake_timeout), "http"))
+                                  admin_site(readiness, health, settings.handshake_timeout, actions), "http"))
     for listener in listeners:
         listener.setServiceParent(top)
         readiness.add(f"listener_{listener.name}", listener.check)
