@@ -138,6 +138,9 @@ FIELDS: tuple[Field, ...] = (
           "header), comma-separated: https://app.example.com, https://*.example.com (sub-domains), "
           "*.example.com (http and https), null. Others get 403 before the upgrade. The daemon's own "
           "pages are always allowed. The REST CORS answer uses the same list. *: any (the default)."),
+    Field("connection_test_page", "server", _bool, True,
+          "Serve GET /connection-test: a page that checks, in the user's browser, the WebSocket, auth, "
+          "signaling, TURN credentials and a relayed connection through each TURN URI."),
     Field("require_origin", "server", _bool, False,
           "Refuse (403) WebSocket upgrades and API requests without an Origin header, i.e. every "
           "client but a browser. Off: native clients, which send none, are admitted."),

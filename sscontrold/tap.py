@@ -12,6 +12,7 @@ from . import __version__, config, logging
 from .config import ConfigError
 from .admin import HealthSummary, Readiness, admin_site
 from .admin_actions import admin_actions
+from .connection_test import ConnectionTestPage
 from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
@@ -96,7 +97,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     sessions = SessionAPI(node, redis=redis)  # with Redis, sessions are shared by every node
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
     site = public_site(factory, health, timeout=settings.handshake_timeout,
-                       extra={b"api": sessions.resource, b"turn": TurnResource(node)})
+                       extra={b"api": sessions.resource, b"turn": TurnResource(node),
+                              b"connection-test": ConnectionTestPage(node)})
     site.resource = OriginGate(site.resource, node)  # allowed_origins, before any upgrade
 
     top = DrainingService(reactor)
