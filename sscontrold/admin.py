@@ -129,10 +129,13 @@ class HealthSummary:
                 "uptime": round(self._clock() - self._started, 3), **self._counts(), "checks": checks}
 
 
-def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, max_body_bytes: int) -> Site:
+def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, max_body_bytes: int,
+               extra=None) -> Site:
     root = JSONRoot()
     root.putChild(b"health", Health(health))
     root.putChild(b"ready", Ready(readiness))
     root.putChild(b"live", Live())
     root.putChild(b"metrics", Metrics(ReadinessCollector(readiness)))
+    for name, resource in (extra or {}).items():  # the operators' actions (admin_actions.py)
+        root.putChild(name, resource)
     return QuietSite(root, timeout, max_body_bytes)

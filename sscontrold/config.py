@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .domain.origins import parse_origins
+
 DEFAULT_CONFIG_FILE = "/etc/sscontrol/signaling.conf"
 
 
@@ -131,6 +133,17 @@ FIELDS: tuple[Field, ...] = (
           "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
     Field("trusted_proxies", "server", _list, (),
           "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
+    Field("allowed_origins", "server", parse_origins, ("*",),
+          "Web origins whose pages may open a WebSocket or call /api and /turn (a browser's Origin "
+          "header), comma-separated: https://app.example.com, https://*.example.com (sub-domains), "
+          "*.example.com (http and https), null. Others get 403 before the upgrade. The daemon's own "
+          "pages are always allowed. The REST CORS answer uses the same list. *: any (the default)."),
+    Field("connection_test_page", "server", _bool, True,
+          "Serve GET /connection-test: a page that checks, in the user's browser, the WebSocket, auth, "
+          "signaling, TURN credentials and a relayed connection through each TURN URI."),
+    Field("require_origin", "server", _bool, False,
+          "Refuse (403) WebSocket upgrades and API requests without an Origin header, i.e. every "
+          "client but a browser. Off: native clients, which send none, are admitted."),
     # [auth]
     Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
           "empty: auth off). Prefer api_key_file (re-read on every reload) or the systemd credential "
@@ -204,7 +217,11 @@ FIELDS: tuple[Field, ...] = (
           "turn_secrets. Re-read on every reload (rotation without a restart)."),
     Field("turn_uris", "turn", _list, (), "TURN/STUN URIs handed to clients, e.g. "
           "turn:turn.example.com:3478?transport=udp turns:turn.example.com:5349?transport=tcp"),
-    Field("turn_ttl", "turn", _int_range(60, 7 * 86400), 86400, "Lifetime of TURN credentials, in seconds."),
+    # 10 s, not more: the tests prove the refresh pushed at ~80 % of the TTL (and an ICE
+    # restart after the first set expired) within seconds; production wants hours.
+    Field("turn_ttl", "turn", _int_range(10, 7 * 86400), 86400,
+          "Lifetime of TURN credentials, in seconds. A client that asked for them over the "
+          "WebSocket gets fresh ones pushed at about 80 % of it (docs/turn-refresh.md)."),
     Field("turn_user", "turn", _str, "sscontrol", "User part of TURN usernames when the caller names none."),
     Field("turn_allow_anonymous", "turn", _bool, False,
           "Hand out TURN credentials to anyone while auth is off (api_keys empty). Off: a TURN secret "
@@ -225,7 +242,9 @@ FIELDS: tuple[Field, ...] = (
           "Largest HTTP request body, on every path of both listeners (a larger Content-Length "
           "gets 413 before the body is read; a chunked body is cut at it)."),
     Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
-    Field("cors_origins", "sessions", _list, ("*",), "Origins allowed by CORS on the REST API and /turn."),
+    Field("cors_origins", "sessions", parse_origins, ("*",),
+          "Deprecated: set allowed_origins, which drives the CORS answer too. Alone, it keeps its old "
+          "meaning: the origins named in the CORS answer of the REST API and /turn, none refused."),
     # [redis]
     Field("redis_url", "redis", _optional_str, None,
           "redis:// or rediss:// URL (host, port, database) of the Redis that several nodes share. "
@@ -373,6 +392,13 @@ def load(
             values[field.name] = tuple(dict.fromkeys(tuple(values[field.name]) + found))  # no repeats
         elif values[field.name] is None and found:
             values[field.name] = found[0]
+
+    # allowed_origins drives the CORS answer; cors_origins is its deprecated forerunner.
+    if sources["allowed_origins"] != "the built-in default":
+        if sources["cors_origins"] != "the built-in default" and values["cors_origins"] != values["allowed_origins"]:
+            raise ConfigError(f"invalid setting cors_origins from {sources['cors_origins']}: deprecated, and "
+                              f"allowed_origins is set too: keep only allowed_origins")
+        values["cors_origins"] = values["allowed_origins"]
 
     _check_together(values, sources)
     if open_files is not None:

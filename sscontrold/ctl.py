@@ -20,6 +20,7 @@ import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from urllib.parse import urlsplit
@@ -235,6 +236,58 @@ def _health_url(raw: str) -> str:
     return raw
 
 
+# --- rooms, peers, kick, close-room, drain: the admin listener's actions (docs/cluster-admin.md)
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9464"
+
+
+def _admin(args, method: str, path: str, body: dict | None = None) -> int:
+    """One request to the admin listener; print its JSON; exit 0 only on 200."""
+    url = args.admin_url.rstrip("/") + path
+    data = None if body is None else json.dumps(body).encode()
+    who = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
+    headers = {"X-Sscontrol-Actor": f"ctl user={who}"}  # the daemon's audit event names it
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=args.timeout) as response:
+            status, text = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read()
+    except (urllib.error.URLError, HTTPException, OSError) as e:
+        raise CtlError(f"{url}: {_reason(e, args.timeout)}") from None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise CtlError(f"{url}: HTTP {status}, not JSON") from None
+    if status != 200:
+        raise CtlError(f"{answer.get('error', 'failed') if isinstance(answer, dict) else 'failed'} (HTTP {status})")
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+    return 0
+
+
+def rooms(args) -> int:
+    return _admin(args, "GET", "/rooms")
+
+
+def peers(args) -> int:
+    return _admin(args, "GET", "/peers?" + urllib.parse.urlencode({"room": args.room}))
+
+
+def kick(args) -> int:
+    return _admin(args, "POST", "/kick", {"peer_id": args.peer, "reason": args.reason})
+
+
+def close_room(args) -> int:
+    return _admin(args, "POST", "/close-room", {"room_id": args.room, "reason": args.reason})
+
+
+def drain(args) -> int:
+    return _admin(args, "POST", "/drain", {})
+
+
 # --- the command line
 
 
@@ -301,6 +354,27 @@ def build_parser() -> argparse.ArgumentParser:
     tls = sub.add_mutually_exclusive_group()
     tls.add_argument("--cacert", metavar="FILE", help="CA certificates (PEM) to verify an https URL with")
     tls.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+
+    def admin_command(name: str, func, help: str) -> argparse.ArgumentParser:
+        sub = command(name, func, help)
+        sub.add_argument("--admin-url", type=_arg(_health_url), default=DEFAULT_ADMIN_URL, metavar="URL",
+                         help=f"the daemon's admin listener [default: {DEFAULT_ADMIN_URL}]")
+        sub.add_argument("--timeout", type=_arg(config._seconds(0.1)), default=10.0, metavar="S",
+                         help="seconds to wait for the answer [default: 10]")
+        return sub
+
+    admin_command("rooms", rooms, "List the rooms (of every node, with Redis) and their member counts.")
+    sub = admin_command("peers", peers, "List the members of a room, with the node each is on.")
+    sub.add_argument("room", metavar="ROOM")
+    sub = admin_command("kick", kick, "Remove a peer (on whichever node): it gets an error, then close 1008; "
+                                      "its room gets peer_left.")
+    sub.add_argument("peer", metavar="PEER")
+    sub.add_argument("--reason", help="told to the peer and logged [default: removed by an operator]")
+    sub = admin_command("close-room", close_room, "Remove every member of a room, on every node.")
+    sub.add_argument("room", metavar="ROOM")
+    sub.add_argument("--reason", help="told to each peer and logged")
+    admin_command("drain", drain, "Make this node stop admitting and send its clients away with a "
+                                  "reconnect hint (close 1012); it stays not ready until restarted.")
     return parser
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from .domain.admin import Administration
 from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
 from .domain.client import Client, MessageLimits
 from .domain.limits import ConnectionCounter, FailureGuard
@@ -97,6 +98,10 @@ class SignalingNode:
         self.draining = False
         self.failures = FailureGuard(clock.seconds, settings.auth_failure_limit, settings.auth_failure_window,
                                      settings.auth_failure_log_per_minute)
+        self.admin = Administration(self.hub, events, cluster.node_id if cluster is not None else "local",
+                                    cluster, lambda timeout: Waiter(clock, timeout))
+        if cluster is not None:
+            self.hub.admin = self.admin
 
     def new_client(self, connection, address: str) -> Client:
         return Client(connection, self.hub, self.authenticator, self.limits, self.clock,

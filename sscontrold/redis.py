@@ -628,6 +628,26 @@ class RedisCluster(Service):
     def members(self, room_id: str):
         return self.link.call("hgetall", f"{self.link.prefix}room:{room_id}")  # txredisapi: a dict
 
+    # --- for the operators' listings (domain/admin.py)
+
+    async def rooms(self, limit: int) -> tuple[dict[str, int], bool]:
+        """Every room of the cluster with its member count (SCAN: Redis keeps serving
+        others meanwhile); at most ``limit``, and whether more were left out."""
+        p = self.link.prefix
+        counts: dict[str, int] = {}
+        cursor = 0
+        while True:
+            cursor, keys = await self.link.call("scan", cursor, pattern=f"{p}room:*", count=500)
+            for key in keys:
+                if len(counts) >= limit:
+                    return counts, True
+                counts[key[len(p) + 5:]] = await self.link.call("hlen", key)
+            if int(cursor) == 0:
+                return {room: n for room, n in counts.items() if n}, False
+
+    async def nodes(self) -> list[str]:
+        return list(await self.link.call("smembers", f"{self.link.prefix}nodes") or ())
+
     def publish_now(self, node_id: str, event: dict):
         """Awaitable of how many subscribers got ``event`` (0: the node is not listening)."""
         return self.link.call("publish", f"{self.link.prefix}node:{node_id}", orjson.dumps(event).decode())

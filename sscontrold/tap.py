@@ -12,9 +12,12 @@ from twisted.python import usage
 from . import __version__, config, logging
 from .config import ConfigError
 from .admin import HealthSummary, Readiness, admin_site
+from .admin_actions import admin_actions
+from .connection_test import ConnectionTestPage
 from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
 from .node import SignalingNode
+from .origin_gate import OriginGate
 from .protocol import SignalingFactory
 from .redis import RedisCluster, RedisLink, RedisNonceStore
 from .rest import SessionAPI
@@ -109,7 +112,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     sessions = SessionAPI(node, redis=redis)  # with Redis, sessions are shared by every node
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
     site = public_site(factory, health, settings.handshake_timeout, settings.session_body_max_bytes,
-                       extra={b"api": sessions.resource, b"turn": TurnResource(node)})
+                       extra={b"api": sessions.resource, b"turn": TurnResource(node),
+                              b"connection-test": ConnectionTestPage(node)})
+    site.resource = OriginGate(site.resource, node)  # allowed_origins, before any upgrade
 
     top = DrainingService(reactor)
     if redis is not None:
@@ -122,7 +127,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws")]
     sites = [site]
     if settings.admin_enabled:
-        sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes))
+        actions = admin_actions(node, lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
+        sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes,
+                                actions))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
                                   sites[-1], "http"))
     for listener in listeners:

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import math
+import random
 from typing import Any, Iterable, Mapping, Sequence
 
 from prometheus_client import Counter
@@ -38,7 +39,7 @@ CREDENTIALS_ISSUED = Counter(
     "TURN REST credentials issued, by the way they were asked for.",
     ["via"],
 )
-for _via in ("http", "websocket"):  # both series exist (at 0) from the start
+for _via in ("http", "websocket", "refresh"):  # both series exist (at 0) from the start
     CREDENTIALS_ISSUED.labels(via=_via)
 
 
@@ -289,14 +290,49 @@ def _header(request: Request, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-# --- WebSocket: {"type": "turn"}
+# --- WebSocket: {"type": "turn"}, and the refresh pushed before expiry (docs/turn-refresh.md)
+
+REFRESH_AT = 0.8  # of the TTL: a fresh set is pushed when this much of the old one's life is gone
+REFRESH_JITTER = 0.05  # of the TTL, either way: a node's clients do not all renew at once
+REFRESH_TIMER = "turn.refresh"
+
+
+def refresh_delay(ttl: float, rand=random.random) -> float:
+    """Seconds from issuing credentials of lifetime ``ttl`` to pushing the next ones:
+    75 % to 85 % of the TTL, uniformly."""
+    return ttl * (REFRESH_AT + REFRESH_JITTER * (2 * rand() - 1))
 
 
 def websocket_turn(node):
-    """The ``node.extensions["turn"]`` handler: answers ``{"type": "turn_credentials", ...}``.
+    """The ``node.extensions["turn"]`` handler: answers ``{"type": "turn_credentials", ...}``,
+    and from then on pushes the connection a fresh ``turn_credentials`` (with
+    ``"refresh": true``) at about 80 % of each set's lifetime, signed with the secret
+    of the moment (a reload's rotation applies to the next push). A client that never
+    asks gets no push.
 
     The Client only lets it run once the connection is authenticated (when auth is on).
     """
+
+    def issue(client: Client, user: str, via: str) -> dict | None:
+        settings = node.settings  # read at each issue: a reload's secrets, TTL and URIs apply
+        if not settings.turn_secrets:
+            return None
+        credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
+                                        settings.turn_uris, node.clock.seconds())
+        CREDENTIALS_ISSUED.labels(via=via).inc()
+        node.events.emit("info", "turn.issued", via=via, address=client.address,
+                         device_id=client.device_id, peer_id=client.peer_id, user=user,
+                         ttl=settings.turn_ttl)
+        client.schedule(REFRESH_TIMER, refresh_delay(settings.turn_ttl), lambda: push(client, user))
+        return credentials
+
+    def push(client: Client, user: str) -> None:
+        credentials = issue(client, user, "refresh")
+        if credentials is None:  # TURN switched off by a reload: nothing more to push
+            node.events.emit("warn", "turn.refresh_stopped", address=client.address,
+                             peer_id=client.peer_id, reason="turn_unavailable")
+            return
+        client.send({"type": "turn_credentials", **credentials, "refresh": True})
 
     def handle_turn(client: Client, message: dict) -> None:
         settings = node.settings
@@ -307,12 +343,6 @@ def websocket_turn(node):
             user = pick_user(settings, device_id, message.get("username"))
         except ValueError as e:
             raise BadMessage(str(e)) from None
-        credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
-                                        settings.turn_uris, node.clock.seconds())
-        CREDENTIALS_ISSUED.labels(via="websocket").inc()
-        node.events.emit("info", "turn.issued", via="websocket", address=client.address,
-                         device_id=client.device_id, peer_id=client.peer_id, user=user,
-                         ttl=settings.turn_ttl)
-        client.send({"type": "turn_credentials", **credentials})
+        client.send({"type": "turn_credentials", **issue(client, user, "websocket")})
 
     return handle_turn

@@ -17,6 +17,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from . import __version__
+from .domain.origins import OriginPolicy
 
 log = Logger(namespace="sscontrold.web")
 
@@ -103,13 +104,14 @@ def parse_json_object(data: bytes) -> dict:
 
 
 def apply_cors(request: Request, origins) -> None:
-    """Access-Control-Allow-Origin for ``origins`` ("*" or a list of exact origins)."""
+    """Access-Control-Allow-Origin for ``origins`` ("*", or origins and wildcard
+    patterns as allowed_origins takes them: docs/origin-policy.md)."""
     if "*" in origins:
         request.setHeader(b"access-control-allow-origin", b"*")
         return
     request.setHeader(b"vary", b"Origin")
     origin = request.getHeader(b"origin")
-    if origin is not None and origin.decode("latin-1") in origins:
+    if origin is not None and OriginPolicy(tuple(origins)).allows(origin.decode("latin-1")):
         request.setHeader(b"access-control-allow-origin", origin)
 
 

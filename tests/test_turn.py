@@ -138,6 +138,9 @@ class FakeClient:
     def send(self, message):
         self.sent.append(message)
 
+    def schedule(self, name, delay, f):  # the refresh timer: tests/test_turn_refresh.py
+        pass
+
 
 def test_websocket_handler_counts_and_refuses_when_unconfigured(tmp_path):
     base = {"SSCONTROL_TURN_URIS": "turn:127.0.0.1:3478", "SSCONTROL_TURN_ALLOW_ANONYMOUS": "true"}

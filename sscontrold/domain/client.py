@@ -124,6 +124,7 @@ class Client:
         self._failures = failures  # failed auths per address (shared by the node's connections)
         self._waiting: deque | None = None
         self._auth_deadline = None
+        self._timers: dict[str, Any] = {}  # named per-connection timers (schedule())
         if not self.authenticated:
             self._auth_deadline = clock.callLater(limits.auth_timeout, self._auth_timed_out)
 
@@ -147,6 +148,29 @@ class Client:
         self._closing = True  # what the peer sends during the close handshake is ignored
         if not self.closed:
             self.connection.close(code, reason)
+
+    def schedule(self, name: str, delay: float, f: Callable[[], None]) -> None:
+        """Run ``f`` in ``delay`` seconds unless the connection ends first; a timer of
+        the same name is replaced. Extensions (TURN refresh) keep their timers here so
+        that a closed connection holds none."""
+        old = self._timers.pop(name, None)
+        if old is not None and old.active():
+            old.cancel()
+        if self.closed:
+            return
+
+        def fire() -> None:
+            self._timers.pop(name, None)
+            if not self.closed:
+                f()
+
+        self._timers[name] = self.clock.callLater(delay, fire)
+
+    def _cancel_timers(self) -> None:
+        timers, self._timers = self._timers, {}
+        for timer in timers.values():
+            if timer.active():
+                timer.cancel()
 
     # --- from the peer
 
@@ -251,6 +275,7 @@ class Client:
         self.closed = True
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
+        self._cancel_timers()
         self._released = True
         if self.hub.detach(self, still_open=True):
             self.events.emit("info", "room.detach", address=self.address, device_id=self.device_id,
@@ -269,6 +294,7 @@ class Client:
         self.closed = True
         if self._auth_deadline is not None and self._auth_deadline.active():
             self._auth_deadline.cancel()
+        self._cancel_timers()
         if resumable and self.hub.detach(self):
             self.events.emit("info", "room.detach", address=self.address, device_id=self.device_id,
                              peer_id=self.peer_id)

@@ -498,8 +498,14 @@ class ClusterHub(Hub):
 
     # --- what other nodes tell this one
 
+    admin = None  # the node's Administration (domain/admin.py): operator requests from other nodes
+
     def on_event(self, event: dict) -> None:
         op, room_id = event.get("op"), event.get("room")
+        if op in ("admin", "admin_reply"):
+            if self.admin is not None:
+                self.admin.on_event(event)
+            return
         if op in ("takeover", "handover", "marker", "takeover_failed"):
             if op == "takeover":
                 self._on_takeover(event)
