@@ -301,3 +301,67 @@ def test_session_auth_needs_api_keys():
     assert result.returncode != 0 and result.stderr.strip() == (
         "sscontrol-signaling: invalid setting session_auth from command line --session-auth: needs API keys "
         "(api_key_file, api_keys or the credential api_keys)")
+
+
+# --- what the operator reads: the settings reference, make run, the release notes
+
+
+def test_configuration_reference_is_the_settings_table():
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert doc == config.with_reference_table(doc), "regenerate it: .venv/bin/python -m sscontrold.config"
+    rows = {line.split("`")[1]: line for line in doc.splitlines() if line.startswith("| `")}
+    assert list(rows) == [field.name for field in config.FIELDS]
+    for field in config.FIELDS:
+        cells = [cell.strip() for cell in rows[field.name].split(" | ")]
+        assert cells[1] == field.section
+        assert cells[4] == ", ".join(f"`{name}`" for name in field.env_names)
+        assert cells[5] == ("restart" if field.name in config.RESTART_ONLY else "reload")
+    assert "`0.0.0.0 (packaged file: 127.0.0.1)`" in rows["host"]
+    assert "`(none)`" in rows["api_keys"]  # never a secret's value, not even a default
+
+
+def make_dry_run(*args: str) -> str:
+    result = subprocess.run(["make", "-n", "-B", *args], capture_output=True, text=True, cwd=str(ROOT), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_run_prints_a_command_that_works_and_takes_the_admin_port(daemon_factory):
+    out = make_dry_run("run", "PORT=8555", "ADMIN_PORT=9555")
+    assert "python -m websockets" not in out
+    assert "connect: .venv/bin/websockets ws://127.0.0.1:8555/ws" in out
+    assert "curl http://127.0.0.1:9555/metrics" in out
+    assert re.search(r"twistd .*sscontrol-signaling --host 127\.0\.0\.1 --port 8555 --admin-port 9555$", out, re.M)
+    # the printed client, as printed, talks to a daemon
+    d = daemon_factory()
+    client = subprocess.Popen([str(ROOT / ".venv" / "bin" / "websockets"), d.ws], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
+    try:
+        client.stdin.write('{"type": "join", "room_id": "demo"}\n')
+        client.stdin.flush()
+        seen = ""
+        while '"type":"peers"' not in seen:  # the CLI prints each message it receives
+            line = client.stdout.readline()
+            assert line, seen
+            seen += line
+    finally:
+        client.stdin.close()
+        client.wait(10)
+
+
+def test_make_installs_python_venv_when_missing():
+    out = make_dry_run("venv")
+    guard, _, install = out.partition("import ensurepip")
+    assert install and "apt-get install" in install and "python3.11-venv" in install
+    assert install.index("python3.11-venv") < install.index("-m venv .venv")
+
+
+def test_release_notes_mark_breaking_changes():
+    notes = (ROOT / "NEWS.md").read_text()
+    changelog_version = (ROOT / "debian" / "changelog").read_text().split("(", 1)[1].split(")", 1)[0]
+    assert f"\n## {changelog_version}\n" in notes
+    latest = notes.split("\n## ")[1]
+    assert latest.startswith("Unreleased") or latest.startswith(changelog_version)
+    for change in ("api_key_file", "host = 127.0.0.1", "session_auth", "chmod go-w"):
+        assert change in latest
+    assert "**Breaking**" in latest
