@@ -121,5 +121,17 @@ def configure(level: str, fmt: str) -> None:
 
 def observer() -> ILogObserver:
     """twistd ``--logger sscontrold.logging.observer``."""
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    return FilteringLogObserver(LineObserver(sys.stdout, None, journal), [_predicate])
+    return FilteringLogObserver(LineObserver(sys.stdout, None, writes_to_journal(sys.stdout)), [_predicate])
+
+
+def writes_to_journal(out: TextIO) -> bool:
+    """True when ``out`` is the journal's stream: systemd sets $JOURNAL_STREAM to its
+    "device:inode", which a shell started from a service passes on to programs whose
+    output goes elsewhere (a terminal, a file): compare it with ``out`` itself."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        st = os.fstat(out.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)

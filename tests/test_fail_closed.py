@@ -17,7 +17,7 @@ import time
 import pytest
 
 from certs import PKI
-from conftest import ROOT, TWISTD, free_port, http
+from conftest import ROOT, TWISTD, Daemon, free_port, http
 from sscontrold import config
 from sscontrold.config import ConfigError, load
 from test_ctl import PREFIX, ctl
@@ -162,8 +162,20 @@ def warning_lines(log: str) -> dict[str, str]:
     return {m.group(1): m.group(0) for m in re.finditer(r"^.*warn (startup\.\w+|config\.\w+) .*$", log, re.M)}
 
 
-def test_startup_warnings_in_the_journal_format_and_in_check_config(daemon_factory):
-    d = daemon_factory("--host", "0.0.0.0", env={"JOURNAL_STREAM": "8:4242"})  # the later --host wins
+@pytest.fixture
+def journal_daemon(tmp_path):
+    """A daemon whose stdout is what $JOURNAL_STREAM names, as under systemd."""
+    d = Daemon(tmp_path, ["--host", "0.0.0.0"], {})  # the later --host wins
+    d.log_path.touch()
+    st = os.stat(d.log_path)
+    d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    yield d.start()
+    d.stop()
+    assert "Traceback" not in d.log()
+
+
+def test_startup_warnings_in_the_journal_format_and_in_check_config(journal_daemon):
+    d = journal_daemon
     lines = warning_lines(d.log())
     assert sorted(lines) == ["startup.auth_off", "startup.sessions_open", "startup.tls_off"]
     for event, line in lines.items():
@@ -211,7 +223,7 @@ def test_plain_twistd_logs_with_fields_in_the_configured_format(daemon_factory):
 
 def test_plain_twistd_text_has_timestamps_and_honours_log_level(daemon_factory):
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}"
-    info = daemon_factory(logger=False)
+    info = daemon_factory(logger=False, env={"JOURNAL_STREAM": "1:2"})  # inherited, but not our stdout
     debug = daemon_factory("--log-level", "debug", logger=False)
     for d in (info, debug):
         assert http("GET", d.base + "/health")[0] == 200
