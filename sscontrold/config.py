@@ -443,7 +443,7 @@ def exposure_warnings(values: Mapping[str, Any]) -> list[ConfigWarning]:
     out = []
     if exposed and not values["api_keys"]:
         out.append(ConfigWarning("startup.auth_off", f"auth is off (no API key) on {where}, reachable from other "
-                                               "hosts: anyone may join rooms and get TURN credentials; "
+                                               "hosts: anyone may join rooms and relay signaling; "
                                                "set api_key_file, or bind host = 127.0.0.1"))
     if not is_loopback(host) and not values["tls_cert"] and not values["trusted_proxies"]:
         out.append(ConfigWarning("startup.tls_off", f"TLS is off on {where} and no trusted_proxies terminates it: "
