@@ -5,10 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8443
+ADMIN_PORT ?= 9464
 
 .PHONY: run test unit-test system-deps deb system-test bench clean
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing: python3.11-venv (python3 -m venv needs it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3.11-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements.txt -r requirements-test.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . --config-settings editable_mode=compat
@@ -29,11 +33,13 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# make run [HOST=...] [PORT=...] [ADMIN_PORT=...]: the daemon in the foreground, logging to
+# the terminal as it does to the journal (the plugin installs the project's log observer).
 run: $(STAMP)
 	@echo "sscontrol-signaling on ws://$(HOST):$(PORT)/ (in-memory state, auth off)."
-	@echo "  connect: python -m websockets ws://$(HOST):$(PORT)/ws   then send {\"type\":\"join\",\"room_id\":\"demo\"}"
-	@echo "  health:  curl http://$(HOST):$(PORT)/health    metrics: curl http://127.0.0.1:9464/metrics"
-	$(BIN)/twistd --nodaemon --pidfile= --reactor sscontrol-epoll sscontrol-signaling --host $(HOST) --port $(PORT)
+	@echo "  connect: $(BIN)/websockets ws://$(HOST):$(PORT)/ws   then send {\"type\":\"join\",\"room_id\":\"demo\"}"
+	@echo "  health:  curl http://$(HOST):$(PORT)/health    metrics: curl http://127.0.0.1:$(ADMIN_PORT)/metrics"
+	$(BIN)/twistd --nodaemon --pidfile= --reactor sscontrol-epoll sscontrol-signaling --host $(HOST) --port $(PORT) --admin-port $(ADMIN_PORT)
 
 # Node.js for the ws client the compatibility tests run (and the benchmarks).
 .PHONY: node-deps

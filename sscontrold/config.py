@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
+import ipaddress
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -245,6 +248,9 @@ FIELDS: tuple[Field, ...] = (
     Field("cors_origins", "sessions", parse_origins, ("*",),
           "Deprecated: set allowed_origins, which drives the CORS answer too. Alone, it keeps its old "
           "meaning: the origins named in the CORS answer of the REST API and /turn, none refused."),
+    Field("session_auth", "sessions", _bool, False,
+          "Require 'Authorization: Bearer <API key>' on the REST session API. Off by default: the "
+          "sscontrol REST clients send no credentials. Needs API keys."),
     # [redis]
     Field("redis_url", "redis", _optional_str, None,
           "redis:// or rediss:// URL (host, port, database) of the Redis that several nodes share. "
@@ -269,6 +275,28 @@ FIELDS: tuple[Field, ...] = (
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
+# Settings a reload does not apply: the listening sockets and what is built once at start
+# (the Redis link, the nonce store). Changing one takes a restart; a reload says so
+# (reload.restart_needed). Every other setting is applied by a reload.
+RESTART_ONLY = frozenset({"host", "port", "reuse_port", "admin_enabled", "admin_host", "admin_port",
+                          "nonce_store_max", "redis_url", "redis_prefix", "redis_timeout", "cluster_lease"})
+
+# The text of the unit's SetCredential= fallback for a credential the operator did not
+# provide (systemd/sscontrol-signaling.service): "none given", not "given but empty".
+CREDENTIAL_PLACEHOLDER = "# none:"
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """Something the operator should know at start (and that check-config prints):
+    ``event`` is the log event's name, ``message`` one line without any secret."""
+
+    event: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
 # Secret settings that may also be handed in as a systemd credential of the same name.
 CREDENTIAL_FIELDS = tuple(f.name for f in FIELDS if f.secret)
 # The setting naming a file that holds more of each secret.
@@ -277,7 +305,8 @@ SECRET_FILE_KEYS = {"api_keys": "api_key_file", "turn_secrets": "turn_secret_fil
 
 Settings = dataclasses.make_dataclass(
     "Settings",
-    [(f.name, Any) for f in FIELDS] + [("config_file", Any, dataclasses.field(default=None))],
+    [(f.name, Any) for f in FIELDS] + [("config_file", Any, dataclasses.field(default=None)),
+                                       ("warnings", Any, dataclasses.field(default=(), compare=False))],
     frozen=True,
 )
 Settings.__doc__ = "The daemon's effective settings (immutable; a reload builds a new one)."
@@ -318,20 +347,55 @@ def _read_ini(path: str, explicit: bool) -> dict[str, tuple[str, str]]:
             field = FIELDS_BY_NAME.get(key)
             source = f"{path} [{section}] {key}"
             if field is None:
-                raise ConfigError(f"invalid setting {key} from {source}: unknown key")
+                raise ConfigError(f"invalid setting {key} from {source}: unknown key{did_you_mean(key)}")
             if field.section != section:
                 raise ConfigError(f"invalid setting {key} from {source}: belongs in section [{field.section}]")
             values[key] = (raw, source)
     return values
 
 
-def _read_secret_file(path: str, key: str, source: str) -> tuple[str, ...]:
+def did_you_mean(name: str, names=None) -> str:
+    """", did you mean X?" for the closest known setting name, or ""."""
+    close = difflib.get_close_matches(name.lower(), list(names or FIELDS_BY_NAME), n=1, cutoff=0.7)
+    return f", did you mean {close[0]}?" if close else ""
+
+
+def check_secret_file_mode(path: str, key: str, source: str, warnings: list | None = None) -> None:
+    """Like OpenSSH's StrictModes: a secret file others may write is refused (someone could
+    put their own key in), one every user may read is a warning; both name the chmod."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return  # reading it fails next, with the reason
+    if mode & 0o022:
+        raise ConfigError(f"invalid setting {key} from {source}: {path} is writable by "
+                          f"{'group and others' if mode & 0o022 == 0o022 else 'group' if mode & 0o020 else 'others'}"
+                          f" (mode {mode:04o}): run chmod go-w {path}")
+    if mode & 0o004 and warnings is not None:
+        warnings.append(ConfigWarning("config.secret_readable",
+                                f"{key} file {path} is readable by every user (mode {mode:04o}): "
+                                f"run chmod o-rwx {path}"))
+
+
+def _read_secret_file(path: str, key: str, source: str, warnings: list | None = None) -> tuple[str, ...]:
+    check_secret_file_mode(path, key, source, warnings)
     try:
         with open(path, encoding="utf-8") as f:
             return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or "not UTF-8 text"
         raise ConfigError(f"invalid setting {key} from {source}: cannot read {path}: {reason}") from None
+
+
+def _is_placeholder(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().lstrip().startswith(CREDENTIAL_PLACEHOLDER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+_WHAT = {"api_keys": "API key", "turn_secrets": "TURN secret", "redis_password": "Redis password"}
 
 
 def load(
@@ -377,17 +441,31 @@ def load(
     # Secrets may also come from files and from systemd credentials. Lists (API keys,
     # TURN secrets) take them all together, so a new key can be added before the old
     # one is removed; a single secret (the Redis password) takes the first source set.
+    # A file or credential that is given but holds nothing is an error, never "auth off":
+    # a half-done rotation must not open the door.
     credentials = environ.get("CREDENTIALS_DIRECTORY")
+    warnings: list[ConfigWarning] = []
     for field in FIELDS:
         if not field.secret:
             continue
         file_key = SECRET_FILE_KEYS[field.name]
         found: tuple[str, ...] = ()
         if values[file_key]:
-            found += _read_secret_file(values[file_key], file_key, sources[file_key])
+            from_file = _read_secret_file(values[file_key], file_key, sources[file_key], warnings)
+            if not from_file:
+                raise ConfigError(f"invalid setting {file_key} from {sources[file_key]}: {values[file_key]} "
+                                  f"holds no {_WHAT[field.name]} (only blank or comment lines): put one per "
+                                  f"line, or unset {file_key}")
+            found += from_file
         cred_path = os.path.join(credentials, field.name) if credentials else None
-        if cred_path and os.path.exists(cred_path):
-            found += _read_secret_file(cred_path, field.name, f"systemd credential {field.name}")
+        if cred_path and os.path.exists(cred_path) and not _is_placeholder(cred_path):
+            # systemd makes credentials readable by the service only: no mode check
+            from_credential = _read_secret_file(cred_path, field.name, f"systemd credential {field.name}")
+            if not from_credential:
+                raise ConfigError(f"invalid setting {field.name} from systemd credential {field.name}: it holds "
+                                  f"no {_WHAT[field.name]} (only blank or comment lines): put one per line, "
+                                  "or remove the credential's file")
+            found += from_credential
         if isinstance(field.default, tuple):
             values[field.name] = tuple(dict.fromkeys(tuple(values[field.name]) + found))  # no repeats
         elif values[field.name] is None and found:
@@ -403,7 +481,42 @@ def load(
     _check_together(values, sources)
     if open_files is not None:
         _check_open_files(values, sources, open_files)
-    return Settings(**values, config_file=path if os.path.exists(path) else None)
+    if values["tls_key"]:
+        check_secret_file_mode(values["tls_key"], "tls_key", sources["tls_key"], warnings)
+    warnings += exposure_warnings(values)
+    return Settings(**values, config_file=path if os.path.exists(path) else None, warnings=tuple(warnings))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warnings(values: Mapping[str, Any]) -> list[ConfigWarning]:
+    """What the start-up says about who can reach what. Reachable from other hosts: a
+    non-loopback address, or a loopback one behind a proxy (trusted_proxies)."""
+    host, port = values["host"], values["port"]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    exposed = not is_loopback(host) or bool(values["trusted_proxies"])
+    out = []
+    if exposed and not values["api_keys"]:
+        out.append(ConfigWarning("startup.auth_off", f"auth is off (no API key) on {where}, reachable from other "
+                                               "hosts: anyone may join rooms and relay signaling; "
+                                               "set api_key_file, or bind host = 127.0.0.1"))
+    if not is_loopback(host) and not values["tls_cert"] and not values["trusted_proxies"]:
+        out.append(ConfigWarning("startup.tls_off", f"TLS is off on {where} and no trusted_proxies terminates it: "
+                                              "signaling and credentials cross the network in clear; "
+                                              "set tls_cert and tls_key, or put a TLS proxy in front"))
+    if exposed and not values["session_auth"]:
+        out.append(ConfigWarning("startup.sessions_open", f"the REST session API (/api/session) on {where} takes "
+                                                    "requests without credentials (the sscontrol REST clients "
+                                                    "send none); set session_auth = true if yours send "
+                                                    "'Authorization: Bearer <API key>'"))
+    return out
 
 
 def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -450,6 +563,8 @@ def _check_together(values: dict[str, Any], sources: dict[str, str]) -> None:
                           "or turn_allow_anonymous = true to mean it")
     if values["reuse_port"] and not values["redis_url"]:
         fail("reuse_port", "needs redis_url: processes sharing a port must share their rooms")
+    if values["session_auth"] and not values["api_keys"]:
+        fail("session_auth", "needs API keys (api_key_file, api_keys or the credential api_keys)")
     if values["admin_enabled"] and values["admin_port"] == values["port"] and values["port"] != 0:
         fail("admin_port", "must differ from port")
 
@@ -473,13 +588,18 @@ def _check_open_files(values: dict[str, Any], sources: dict[str, str], open_file
             f"and Redis = {need} descriptors, more than the open-file limit of this process ({open_files}, "
             f"RLIMIT_NOFILE: LimitNOFILE= in the unit): lower them or raise the limit")
 
+# What the packaged configuration sets, away from the built-in defaults: a fresh install
+# listens on loopback only, so it is never open to the network before an API key is set.
+SHIPPED_VALUES = {"host": "127.0.0.1"}
+
 
 def example_file() -> str:
     """The documented example configuration, generated from FIELDS."""
     lines = [
         "# sscontrol-signaling configuration.",
         "# Precedence: built-in defaults < this file < environment (SSCONTROL_<KEY>) < flags.",
-        "# Every key is shown with its default, commented out.",
+        "# Every key is shown with its default, commented out; the few set here are marked.",
+        "# Keys marked (restart) take effect on `systemctl restart`, the others on `systemctl reload`.",
     ]
     section = None
     for field in FIELDS:
@@ -487,15 +607,88 @@ def example_file() -> str:
             section = field.section
             lines += ["", f"[{section}]"]
         envs = ", ".join(field.env_names)
-        lines.append(f"# {field.help} (environment: {envs})")
-        default = field.default
-        if isinstance(default, tuple):
-            default = ", ".join(default)
-        elif isinstance(default, bool):
-            default = "true" if default else "false"
-        elif default is None:
-            default = ""
-        elif isinstance(default, float) and default.is_integer():
-            default = int(default)
-        lines.append(f"#{field.name} = {default}")
+        restart = " (restart)" if field.name in RESTART_ONLY else ""
+        lines.append(f"# {field.help} (environment: {envs}){restart}")
+        lines.append(f"#{field.name} = {default_text(field.default)}")
+        if field.name in SHIPPED_VALUES:
+            lines.append("# Set by the package: loopback only; once API keys are set, the address to serve on "
+                         "(docs/operations/deployment.md).")
+            lines.append(f"{field.name} = {SHIPPED_VALUES[field.name]}")
     return "\n".join(lines) + "\n"
+
+
+def default_text(default: Any) -> str:
+    """A default as it is written in the INI file."""
+    if isinstance(default, tuple):
+        return ", ".join(default)
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if default is None:
+        return ""
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def _type_text(field: Field) -> str:
+    default = field.default
+    name = getattr(field.parse, "__qualname__", "")
+    if field.secret:
+        return "secret list" if isinstance(default, tuple) else "secret"
+    if isinstance(default, bool):
+        return "boolean"
+    if isinstance(default, tuple):
+        return "list"
+    if name.startswith("_seconds"):
+        return "seconds"
+    if name.startswith("_int_range"):
+        return "integer"
+    if field.parse in (_log_level, _log_format):
+        return "choice"
+    if name.endswith("_optional_str") and field.name.endswith(("_file", "_cert", "_key")):
+        return "path"
+    return "string"
+
+
+def reference_table() -> str:
+    """docs/configuration.md's table, generated from FIELDS (a test keeps them equal)."""
+    lines = ["| key | section | type | default | environment | applied by | what |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for field in FIELDS:
+        default = "(none)" if field.secret else (
+            default_text(field.default) or ("(empty)" if isinstance(field.default, tuple) else "(unset)"))
+        if field.name in SHIPPED_VALUES:
+            default += f" (packaged file: {SHIPPED_VALUES[field.name]})"
+        envs = ", ".join(f"`{name}`" for name in field.env_names)
+        applied = "restart" if field.name in RESTART_ONLY else "reload"
+        what = field.help.replace("|", "\\|")
+        lines.append(f"| `{field.name}` | {field.section} | {_type_text(field)} | `{default}` | {envs} | "
+                     f"{applied} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
+REFERENCE_BEGIN = "<!-- settings table: generated from sscontrold/config.py FIELDS, do not edit -->"
+REFERENCE_END = "<!-- end of settings table -->"
+
+
+def with_reference_table(doc: str) -> str:
+    """``doc`` with the text between the two markers replaced by ``reference_table()``."""
+    head, sep, rest = doc.partition(REFERENCE_BEGIN)
+    _, sep2, tail = rest.partition(REFERENCE_END)
+    if not sep or not sep2:
+        raise ValueError("the settings table markers are missing")
+    return f"{head}{REFERENCE_BEGIN}\n{reference_table()}{REFERENCE_END}{tail}"
+
+
+if __name__ == "__main__":  # python -m sscontrold.config: regenerate the derived files
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    doc_path = os.path.join(root, "docs", "configuration.md")
+    with open(doc_path, encoding="utf-8") as f:
+        updated = with_reference_table(f.read())
+    with open(doc_path, "w", encoding="utf-8") as f:
+        f.write(updated)
+    with open(os.path.join(root, "etc", "sscontrol", "signaling.conf"), "w", encoding="utf-8") as f:
+        f.write(example_file())
+    print("regenerated docs/configuration.md and etc/sscontrol/signaling.conf", file=sys.stderr)

@@ -89,6 +89,8 @@ def check_config(args) -> int:
             return 0
         raise CtlError(str(e.code).removeprefix("sscontrol-signaling: ")) from None
     print(_summary(options.settings))
+    for warning in options.settings.warnings:  # what the daemon logs at start, one line each
+        print(f"{PROG}: warning: {warning.event}: {warning.message}", file=sys.stderr)
     return 0
 
 
@@ -127,9 +129,8 @@ def token(args) -> int:
     key = _api_key(args)
     timestamp = int(time.time()) if args.timestamp is None else args.timestamp
     nonce = args.nonce if args.nonce is not None else secrets.token_hex(16)
-    message = {"type": "auth", "device_id": args.device_id,
-               "api_key": "",  # the protocol's field, left empty: the token proves the key
-               "timestamp": timestamp, "nonce": nonce,
+    # No api_key field: the protocol allows it empty or absent, and the token proves the key.
+    message = {"type": "auth", "device_id": args.device_id, "timestamp": timestamp, "nonce": nonce,
                "token": compute_token(key, args.device_id, timestamp, nonce)}
     print(json.dumps(message))
     return 0
@@ -180,6 +181,8 @@ def turn_credentials(args) -> int:
 
 
 def health(args) -> int:
+    if args.url is None:
+        args.url = _admin_url(args)
     context = None
     if urlsplit(args.url).scheme == "https":
         try:
@@ -205,6 +208,24 @@ def health(args) -> int:
     if status != 200:
         raise CtlError(f"{args.url}: HTTP {status}{_failing(text)}")
     return 0
+
+
+def _admin_url(args) -> str:
+    """/ready of the admin listener the daemon's configuration names."""
+    return _admin_base(args) + "/ready"
+
+
+def _admin_base(args) -> str:
+    """The admin listener the daemon's configuration names, as a base URL."""
+    settings = _load(args.config)
+    where = settings.config_file or "no config file"
+    if not settings.admin_enabled:
+        raise CtlError(f"the admin listener is off (admin_enabled) in {where}, the environment or the "
+                       "flags: give --url, e.g. http://127.0.0.1:8443/health")
+    host = settings.admin_host
+    if host in ("0.0.0.0", "::", ""):  # every address: ask loopback
+        host = "::1" if host == "::" else "127.0.0.1"
+    return f"http://[{host}]:{settings.admin_port}" if ":" in host else f"http://{host}:{settings.admin_port}"
 
 
 def _reason(error: Exception, timeout: float) -> str:
@@ -243,7 +264,7 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:9464"
 
 def _admin(args, method: str, path: str, body: dict | None = None) -> int:
     """One request to the admin listener; print its JSON; exit 0 only on 200."""
-    url = args.admin_url.rstrip("/") + path
+    url = (args.admin_url or _admin_base(args)).rstrip("/") + path
     data = None if body is None else json.dumps(body).encode()
     who = os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())
     headers = {"X-Sscontrol-Actor": f"ctl user={who}"}  # the daemon's audit event names it
@@ -347,8 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lifetime of the credentials [default: turn_ttl]")
 
     sub = command("health", health, "GET a health URL, print its JSON; exit 0 only on HTTP 200.")
-    sub.add_argument("--url", type=_arg(_health_url), default=DEFAULT_HEALTH_URL,
-                     help=f"[default: {DEFAULT_HEALTH_URL}; /health, /live also exist]")
+    sub.add_argument("--url", type=_arg(_health_url), default=None,
+                     help="[default: /ready of the admin listener the configuration names (admin_host, "
+                          f"admin_port), e.g. {DEFAULT_HEALTH_URL}; /health, /live also exist]")
+    sub.add_argument("--config", "-c", metavar="FILE",
+                     help=f"the daemon's INI configuration file [default: $SSCONTROL_CONFIG, else "
+                          f"{config.DEFAULT_CONFIG_FILE}], read for the admin listener when --url is not given")
     sub.add_argument("--timeout", type=_arg(config._seconds(0.1)), default=5.0, metavar="S",
                      help="seconds to wait for the answer [default: 5]")
     tls = sub.add_mutually_exclusive_group()
@@ -357,8 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def admin_command(name: str, func, help: str) -> argparse.ArgumentParser:
         sub = command(name, func, help)
-        sub.add_argument("--admin-url", type=_arg(_health_url), default=DEFAULT_ADMIN_URL, metavar="URL",
-                         help=f"the daemon's admin listener [default: {DEFAULT_ADMIN_URL}]")
+        sub.add_argument("--admin-url", type=_arg(_health_url), default=None, metavar="URL",
+                         help="the daemon's admin listener [default: the one the configuration names "
+                              f"(admin_host, admin_port), e.g. {DEFAULT_ADMIN_URL}]")
+        sub.add_argument("--config", "-c", metavar="FILE",
+                         help=f"the daemon's INI configuration file [default: $SSCONTROL_CONFIG, else "
+                              f"{config.DEFAULT_CONFIG_FILE}], read for the admin listener when --admin-url "
+                              "is not given")
         sub.add_argument("--timeout", type=_arg(config._seconds(0.1)), default=10.0, metavar="S",
                          help="seconds to wait for the answer [default: 10]")
         return sub

@@ -10,7 +10,7 @@ from prometheus_client import Gauge
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from .config import ConfigError
+from .config import RESTART_ONLY as _RESTART_ONLY_FIELDS, ConfigError
 from .logging import Events
 
 events = Events()
@@ -22,7 +22,7 @@ CLOSE_SERVICE_RESTART = 1012
 
 
 # Settings that take effect only at start: a reload that changes them says so.
-RESTART_ONLY = ("host", "port", "admin_enabled", "admin_host", "admin_port", "tls_enabled")
+RESTART_ONLY = tuple(sorted(_RESTART_ONLY_FIELDS)) + ("tls_enabled",)
 
 
 class Reloader(Service):
@@ -58,6 +58,8 @@ class Reloader(Service):
             events.emit("error", "reload.failed", error=str(e), action="kept the running configuration")
             self._notifier.ready("reload failed, running configuration kept")
             return False
+        for warning in settings.warnings:  # e.g. a key file made world-readable since
+            events.emit("warn", warning.event, message=warning.message)
         for apply in self._apply:
             apply(settings)
         old, self._running_settings = self._running_settings, settings

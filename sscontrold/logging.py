@@ -1,15 +1,18 @@
 """Logging: one line per event, with a level and a stable event name.
 
-``Events`` is what the domain emits into; ``observer`` is the twistd ``--logger``
-(and the default observer of ``make run``): text lines, or JSON lines, to stdout,
-which under systemd is the journal. Under the journal each line carries its
-syslog priority as a ``<N>`` prefix, so ``journalctl -p warning`` works.
+``Events`` is what the domain emits into; ``observer`` is the twistd ``--logger``,
+which the plugin installs itself under ``twistd -n`` (so ``make run`` and the unit
+log alike): text lines, or JSON lines, to stdout, which under systemd is the
+journal. Under the journal (``$JOURNAL_STREAM`` set) each line carries its syslog
+priority as a ``<N>`` prefix, so ``journalctl -p warning`` works, and no time (the
+journal has it); elsewhere each line starts with its local time.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, TextIO
 
 import orjson
@@ -101,15 +104,15 @@ def _event_parts(event: dict) -> tuple[str, dict]:
 class LineObserver:
     """Writes one line per event: ``<level> <event> key=value ...`` or a JSON object."""
 
-    def __init__(self, out: TextIO, fmt: str = "text", journal: bool = False):
+    def __init__(self, out: TextIO, fmt: str | None = None, journal: bool = False):
         self._out = out
-        self._json = fmt == "json"
+        self._fmt = fmt  # None: the configured one (log_format), which a reload may change
         self._journal = journal
 
     def __call__(self, event: dict) -> None:
         level = event.get("log_level", LogLevel.info)
         name, fields = _event_parts(event)
-        if self._json:
+        if (self._fmt or _config["format"]) == "json":
             record = {"level": level.name, "event": name, **{k: _clean(v) for k, v in fields.items()}}
             if not self._journal:
                 record["time"] = event.get("log_time")
@@ -117,6 +120,8 @@ class LineObserver:
         else:
             kv = " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
             line = f"{level.name} {name} {kv}".rstrip()
+            if not self._journal:
+                line = f"{_timestamp(event.get('log_time'))} {line}"
         if self._journal:
             line = f"<{_SYSLOG_PRIORITY.get(level, 6)}>{line}"
         try:
@@ -124,6 +129,12 @@ class LineObserver:
             self._out.flush()
         except (OSError, ValueError):
             pass  # stdout gone: nowhere left to report it
+
+
+def _timestamp(when: float | None) -> str:
+    when = time.time() if when is None else when
+    local = time.localtime(when)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + f".{int(when % 1 * 1000):03d}" + time.strftime("%z", local)
 
 
 # Set by makeService and by reload, read by the observer.
@@ -140,5 +151,17 @@ def configure(level: str, fmt: str) -> None:
 
 def observer() -> ILogObserver:
     """twistd ``--logger sscontrold.logging.observer``."""
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    return FilteringLogObserver(LineObserver(sys.stdout, _config["format"], journal), [_predicate])
+    return FilteringLogObserver(LineObserver(sys.stdout, None, writes_to_journal(sys.stdout)), [_predicate])
+
+
+def writes_to_journal(out: TextIO) -> bool:
+    """True when ``out`` is the journal's stream: systemd sets $JOURNAL_STREAM to its
+    "device:inode", which a shell started from a service passes on to programs whose
+    output goes elsewhere (a terminal, a file): compare it with ``out`` itself."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        st = os.fstat(out.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)

@@ -39,6 +39,7 @@ from .domain.sessions import QuotaExceeded, SessionError, SessionLimits, Session
 from .protocol import client_address
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
+from .turn import api_key_matches
 from .web import HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body
 
 log = Logger(namespace="sscontrold.rest")
@@ -198,6 +199,13 @@ class SessionResource(Resource):
         if method not in methods:
             request.setHeader(b"allow", ", ".join(methods).encode())
             return error_response(request, http.NOT_ALLOWED, f"method {method} not allowed")
+        if settings.session_auth:
+            refusal = self._refusal(request, api.node.authenticator.policy.api_keys)
+            if refusal is not None:
+                api.node.events.emit("warn", "auth.refused", address=address, reason=refusal, via="rest")
+                request.setHeader(b"www-authenticate", b'Bearer realm="sscontrol"')
+                return error_response(request, http.UNAUTHORIZED,
+                                      "authentication required: 'Authorization: Bearer <api key>'")
 
         store = api.store
         try:
@@ -240,6 +248,17 @@ class SessionResource(Resource):
                                   "sessions are temporarily unavailable, retry shortly")
 
     # --- pieces
+
+    @staticmethod
+    def _refusal(request: Request, keys) -> str | None:
+        """session_auth: None when the request carries one of the API keys, else the reason."""
+        header = request.getHeader(b"authorization")
+        if header is None:
+            return "missing_credentials"
+        scheme, _, value = header.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return "bad_authorization_header"
+        return None if api_key_matches(keys, value.strip()) else "bad_api_key"
 
     @staticmethod
     def _body(request: Request, settings) -> dict:

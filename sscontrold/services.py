@@ -59,8 +59,9 @@ class Listener(Service):
     """Binds at start-up (failing the start, before READY, when it cannot) and
     unbinds on stop. ``port`` is the bound port, also when 0 was asked for."""
 
-    def __init__(self, name: str, endpoint, factory, scheme: str):
+    def __init__(self, name: str, endpoint, factory, scheme: str, host: str = "?", port: int = 0):
         self.name = name
+        self.host, self.requested_port = host, port
         self._endpoint = endpoint
         self._factory = factory
         self._scheme = scheme
@@ -86,10 +87,14 @@ class Listener(Service):
         if result is None or not hasattr(result, "getHost"):
             reason = result.value if result is not None and hasattr(result, "value") else "did not bind"
             if isinstance(reason, CannotListenError):
-                reason = reason.socketError
-            raise SystemExit(f"sscontrol-signaling: cannot listen for {self.name}: {reason}")
+                reason = getattr(reason.socketError, "strerror", None) or reason.socketError
+            address = f"[{self.host}]:{self.requested_port}" if ":" in self.host else f"{self.host}:{self.requested_port}"
+            key = "admin_host/admin_port" if self.name == "admin" else "host/port"
+            raise SystemExit(f"sscontrol-signaling: cannot listen for {self.name} on {address} ({key}): {reason}")
         self._port = result
-        host = result.getHost()
+
+    def log_ready(self) -> None:
+        host = self._port.getHost()
         log.info("{sscontrol_event}", sscontrol_event="listener.ready", sscontrol_fields={
             "listener": self.name, "url": f"{self._scheme}://{host.host}:{host.port}/"})
 
@@ -99,6 +104,19 @@ class Listener(Service):
         if port is not None:
             return port.stopListening()
         return None
+
+
+class ListenersReady(Service):
+    """Logs listener.ready for every listener once all of them are bound: when one cannot
+    bind, the start fails before any says ready."""
+
+    def __init__(self, listeners: list[Listener]):
+        self._listeners = listeners
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for listener in self._listeners:
+            listener.log_ready()
 
 
 class FactoryLifetime(Service):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 
 from twisted.application.service import MultiService
@@ -21,7 +22,7 @@ from .origin_gate import OriginGate
 from .protocol import SignalingFactory
 from .redis import RedisCluster, RedisLink, RedisNonceStore
 from .rest import SessionAPI
-from .services import FactoryLifetime, Listener, SharedPortEndpoint, server_endpoint, with_tls
+from .services import FactoryLifetime, Listener, ListenersReady, SharedPortEndpoint, server_endpoint, with_tls
 from .systemd import Notifier, SystemdService
 from .tls import ReloadableServerTLS
 from .turn import TurnResource, websocket_turn
@@ -53,6 +54,16 @@ class Options(usage.Options):
         if not field.secret
     ]
 
+    def parseOptions(self, options=None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # not under twistd (sscontrol-signaling-ctl check-config)
+                raise
+            # twistd would print its whole usage, then the error at the bottom: one line instead.
+            raise SystemExit(f"sscontrol-signaling: {e}{_flag_hint(str(e))} "
+                             "(see 'twistd sscontrol-signaling --help')") from None
+
     def postOptions(self) -> None:
         self.flags = {
             field.name: self[field.flag]
@@ -64,6 +75,18 @@ class Options(usage.Options):
             self.settings = load_settings(self.flags, self.config_file)
         except ConfigError as e:
             raise SystemExit(f"sscontrol-signaling: {e}") from None
+        self._install_logger()
+
+    def _install_logger(self) -> None:
+        """The project's observer (fields, log_level, log_format) however twistd was started:
+        `twistd -n sscontrol-signaling` and `make run` log as the unit does. An explicit
+        --logger or --logfile, or a daemonizing twistd (it logs to twistd.log), is left alone."""
+        parent = self.parent
+        if parent is None or not parent.get("nodaemon") or parent.get("logger"):
+            return
+        if parent.get("logfile") not in (None, "", "-") or parent.get("syslog"):
+            return
+        parent["logger"] = "sscontrold.logging.observer"  # twistd imports it after this
 
     def opt_version(self) -> None:
         print(f"sscontrol-signaling {__version__}")
@@ -83,6 +106,17 @@ def open_file_limit() -> int:
     return 2**31 if soft == resource.RLIM_INFINITY else soft
 
 
+def _flag_hint(error: str) -> str:
+    """", did you mean --x?" for an unknown flag close to a known one."""
+    match = re.search(r"option --?([\w-]+) not recognized|no such option:? --?([\w-]+)", error, re.I)
+    if match is None:
+        return ""
+    unknown = match.group(1) or match.group(2)
+    names = [f.flag for f in config.FIELDS if not f.secret] + ["config"]
+    hint = config.did_you_mean(unknown, names)
+    return hint.replace("did you mean ", "did you mean --")
+
+
 def load_settings(flags: dict, config_file: str | None):
     """The settings, with the TLS files checked too (a bad certificate is a config error),
     and the connection limits against the open-file limit."""
@@ -97,12 +131,16 @@ def makeService(options: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     settings = options.settings
     logging.configure(settings.log_level, settings.log_format)
+    events = Events()
+    for warning in settings.warnings:  # what check-config prints too
+        events.emit("warn", warning.event, message=warning.message)
 
     redis = (RedisLink(settings.redis_url, settings.redis_password, settings.redis_prefix,
                        settings.redis_timeout, reactor) if settings.redis_url else None)
     cluster = (RedisCluster(redis, settings.redis_url, settings.redis_password, settings.cluster_lease)
                if redis else None)
-    node = SignalingNode(settings, reactor, Events(), nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
+    node = SignalingNode(settings, reactor, events,
+                         nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
                          cluster=cluster)
     factory = SignalingFactory(node, settings)
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
@@ -124,17 +162,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
     FactoryLifetime(factory).setServiceParent(top)
     sessions.service.setServiceParent(top)
     public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)
-    listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws")]
+    listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws",
+                          settings.host, settings.port)]
     sites = [site]
     if settings.admin_enabled:
         actions = admin_actions(node, lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
         sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes,
                                 actions))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
-                                  sites[-1], "http"))
+                                  sites[-1], "http", settings.admin_host, settings.admin_port))
     for listener in listeners:
         listener.setServiceParent(top)
         readiness.add(f"listener_{listener.name}", listener.check)
+    ListenersReady(listeners).setServiceParent(top)  # once all are bound, not one by one
     readiness.add("draining", lambda: "draining" if node.draining else None)
 
     reloader = Reloader(lambda: load_settings(options.flags, options.config_file),

@@ -64,14 +64,15 @@ class Daemon:
     """A running ``twistd -n sscontrol-signaling`` process."""
 
     def __init__(self, tmp: Path, args: list[str], env: dict[str, str], tls: bool = False,
-                 port: int | None = None):
+                 port: int | None = None, logger: bool = True):
         self.port, self.admin_port = free_ports(2)
         if port is not None:  # a port another daemon shares (reuse_port)
             self.port = port
         self.tls = tls
         self.log_path = tmp / f"daemon-{self.port}-{self.admin_port}.log"
+        # logger=False: as README says to start it, without --logger (the plugin installs its own)
         self.argv = [TWISTD, "--nodaemon", "--pidfile=", "--reactor", "sscontrol-epoll",
-                     "--logger", "sscontrold.logging.observer",
+                     *(["--logger", "sscontrold.logging.observer"] if logger else []),
                      "sscontrol-signaling", "--host", "127.0.0.1", "--port", str(self.port),
                      "--admin-port", str(self.admin_port), *args]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
@@ -140,8 +141,8 @@ def daemon_factory(tmp_path):
     started: list[Daemon] = []
 
     def start(*args: str, env: dict[str, str] | None = None, tls: bool = False, wait: bool = True,
-              port: int | None = None) -> Daemon:
-        d = Daemon(tmp_path, list(args), env or {}, tls=tls, port=port)
+              port: int | None = None, logger: bool = True) -> Daemon:
+        d = Daemon(tmp_path, list(args), env or {}, tls=tls, port=port, logger=logger)
         started.append(d)
         return d.start(wait=wait)
 

@@ -110,12 +110,20 @@ def test_shipped_example_documents_every_key_and_parses(tmp_path):
     assert shipped == config.example_file(), "regenerate etc/sscontrol/signaling.conf from config.example_file()"
     for field in config.FIELDS:
         assert f"#{field.name} = " in shipped
+    # uncommented, every default parses back to itself (the keys the package sets give way)
     uncommented = tmp_path / "uncommented.conf"
     uncommented.write_text("\n".join(line[1:] if line.startswith("#") and " = " in line else line
-                                     for line in shipped.splitlines()))
+                                     for line in shipped.splitlines()
+                                     if line.partition(" = ")[0] not in config.SHIPPED_VALUES))
     from_file, defaults = load({}, {}, str(uncommented)), load({}, {}, os.devnull)
     for field in config.FIELDS:
         assert getattr(from_file, field.name) == getattr(defaults, field.name), field.name
+    # as shipped: loopback only, so a fresh install is not open to the network
+    packaged = load({}, {}, str(ROOT / "etc/sscontrol/signaling.conf"))
+    assert packaged.host == "127.0.0.1" and packaged.warnings == ()
+    for field in config.FIELDS:  # which keys take a restart, said next to each
+        comment = shipped.split(f"\n#{field.name} = ")[0].rsplit("\n", 1)[1]
+        assert comment.endswith("(restart)") == (field.name in config.RESTART_ONLY), field.name
 
 
 def test_help_documents_every_option():

@@ -123,7 +123,8 @@ def test_usage_errors_exit_2_with_one_line(args):
 def test_check_config_shipped_file():
     r = ctl("check-config", "--config", SHIPPED)
     assert r.code == 0 and r.err == ""
-    assert r.out == (f"configuration OK: file {SHIPPED}; listen 0.0.0.0:8443; TLS off; auth off; TURN off; "
+    # the packaged file listens on loopback only: nothing to warn about on a fresh install
+    assert r.out == (f"configuration OK: file {SHIPPED}; listen 127.0.0.1:8443; TLS off; auth off; TURN off; "
                      "redis off; admin 127.0.0.1:9464\n")
 
 
@@ -215,8 +216,8 @@ def test_token_authenticates_once_over_the_websocket(daemon_factory, tmp_path):
     r = ctl("token", "--device-id", "ctl-device", "--api-key-file", keyfile, secrets=(key,))
     assert r.code == 0 and r.err == "" and r.out.count("\n") == 1
     message = json.loads(r.out)
-    assert set(message) == {"type", "device_id", "api_key", "timestamp", "nonce", "token"}
-    assert (message["type"], message["device_id"], message["api_key"]) == ("auth", "ctl-device", "")
+    assert set(message) == {"type", "device_id", "timestamp", "nonce", "token"}  # no "api_key": ""
+    assert (message["type"], message["device_id"]) == ("auth", "ctl-device")
     assert abs(message["timestamp"] - time.time()) < 5
 
     first = connect(d.ws)
@@ -249,7 +250,7 @@ def test_token_key_sources_in_order(tmp_path):
     ]
     for r in runs:
         assert r.code == 0, r
-        assert json.loads(r.out) == {"type": "auth", "device_id": "dev-7", "api_key": "",
+        assert json.loads(r.out) == {"type": "auth", "device_id": "dev-7",
                                      "timestamp": 1700000000, "nonce": "n-1", "token": expected}
 
 
@@ -318,6 +319,22 @@ def test_health_of_a_live_daemon(daemon_factory, tmp_path):
     assert json.loads(r.out)["status"] == "ready"
     r = ctl("health", "--url", d.admin + "/health", "--timeout", "3")
     assert r.code == 0 and json.loads(r.out)["status"] == "ok"
+
+
+def test_health_finds_the_admin_listener_in_the_configuration(daemon_factory, tmp_path):
+    d = daemon_factory()
+    conf = write(tmp_path / "c.conf", f"[server]\nadmin_port = {d.admin_port}\n")
+    for r in (ctl("health", "--config", conf), ctl("health", env={"SSCONTROL_CONFIG": conf}),
+              ctl("health", env={"SSCONTROL_ADMIN_PORT": str(d.admin_port)})):
+        assert r.code == 0 and json.loads(r.out)["status"] == "ready", r
+    everywhere = write(tmp_path / "all.conf", f"[server]\nadmin_host = 0.0.0.0\nadmin_port = {d.admin_port}\n")
+    assert ctl("health", "--config", everywhere).code == 0  # asked on loopback
+    off = write(tmp_path / "off.conf", "[server]\nadmin_enabled = false\n")
+    r = ctl("health", "--config", off)
+    assert r.code == 1 and f"the admin listener is off (admin_enabled) in {off}" in r.err
+    port = free_port()
+    r = ctl("health", "--config", write(tmp_path / "none.conf", f"[server]\nadmin_port = {port}\n"))
+    assert r.err == f"{PREFIX}http://127.0.0.1:{port}/ready: Connection refused\n"
 
 
 def test_health_of_nothing_listening():

@@ -454,6 +454,13 @@ class Container:
         self.write_file(TEST_DROPIN, "\n".join(lines) + "\n")
         self.ctl("daemon-reload")
 
+    def unset_unit_environment(self, *names: str) -> None:
+        """Removes ``Environment=`` lines from the test drop-in (restart the unit to apply)."""
+        current = {k: v for k, v in self._dropin_environment().items() if k not in names}
+        lines = ["[Service]"] + [f'Environment="{k}={v}"' for k, v in current.items()]
+        self.write_file(TEST_DROPIN, "\n".join(lines) + "\n")
+        self.ctl("daemon-reload")
+
     def _dropin_environment(self) -> dict[str, str]:
         path = self.path(TEST_DROPIN)
         env = {}
