@@ -105,6 +105,8 @@ class RedisLink(Service):
         self.on_down: list = []
         self.goodbyes: list = []  # run at stop, before the connection closes
         self._inflight: set[Deferred] = set()
+        self._failed_pings = 0
+        self._factory = None
         self._address = f"{parts.hostname}:{parts.port or 6379}"
         self._parts = parts
         self.password = password or (unquote(parts.password) if parts.password else None)
@@ -130,6 +132,7 @@ class RedisLink(Service):
         factory = _LinkFactory(f"{parts.hostname}:{parts.port or 6379}", dbid, 1, isLazy=True,
                                password=password, replyTimeout=self.timeout, username=username)
         factory.link = self
+        self._factory = factory
         factory.startConnecting(txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
         return factory.handler
 
@@ -198,8 +201,21 @@ class RedisLink(Service):
         try:
             yield self.call("ping")
         except RedisUnavailable:
+            self._failed_pings += 1
+            if self._failed_pings >= 2:
+                # A connection that stopped answering (a paused or wedged Redis keeps its
+                # TCP connection open) is not waited on: drop it, and the capped
+                # back-off connects afresh, so the link is up once Redis answers again.
+                self._drop_connections()
             return
+        self._failed_pings = 0
         self._set_up(True)
+
+    def _drop_connections(self) -> None:
+        for protocol in list(getattr(self._factory, "pool", ())):
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
 
     def connection_lost(self, why: str) -> None:
         """The link's connection dropped: down now, not after the next ping's deadline,
@@ -443,7 +459,21 @@ class _LinkProtocol(txredisapi.RedisProtocol):
             link.connection_lost(why.getErrorMessage()[:200])
 
 
-class _LinkFactory(txredisapi.RedisFactory):
+class _KeepTrying:
+    """txredisapi stops reconnecting for good when AUTH or SELECT fails while a
+    connection is being set up, a timeout included: a Redis paused longer than the
+    reply timeout (SIGSTOP, a long fork, a stalled VM) would leave the node without
+    Redis until it restarts. Only a deliberate disconnect stops these factories."""
+
+    def stopTrying(self):
+        if getattr(self, "disconnectCalled", False):
+            return super().stopTrying()
+        events.emit("warn", "redis.setup_failed", address=getattr(self, "uuid", None),
+                    action="retrying with the capped back-off")
+        return None
+
+
+class _LinkFactory(_KeepTrying, txredisapi.RedisFactory):
     protocol = _LinkProtocol
     link: RedisLink
 
@@ -471,7 +501,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.cluster.deliver(message)
 
 
-class _SubscriberFactory(txredisapi.RedisFactory):
+class _SubscriberFactory(_KeepTrying, txredisapi.RedisFactory):
     protocol = _Subscriber
 
     def __init__(self, channel: str, link, cluster):

@@ -43,13 +43,23 @@ class Collector(threading.Thread):
                 return
 
 
+KEY = "cluster-faults-key"
+
+
+def authed(node, device: str):
+    peer = connect(node.ws)
+    reply = peer.request(auth_message(KEY, device_id=device))
+    assert reply["type"] == "auth_success", reply
+    return peer
+
+
 def traffic_through(fault, daemon_factory, redis_server, rate: float = 20.0):
     """Numbered messages a -> b across nodes (and local ones a -> c, 20 a second each:
-    under the rate limit) while ``fault``
+    under the rate limit), auth on, while ``fault``
     runs; returns (sent, delivered numbers, errors, local delivered, b's arrivals)."""
     redis = redis_server()
-    n1, n2 = two_nodes(daemon_factory, redis)
-    a, c, b = connect(n1.ws), connect(n1.ws), connect(n2.ws)
+    n1, n2 = two_nodes(daemon_factory, redis, env={"SSCONTROL_API_KEY": KEY})
+    a, c, b = authed(n1, "a"), authed(n1, "c"), authed(n2, "b")
     a.join("r")
     c_id = c.join("r")["peer_id"]
     b_id = b.join("r")["peer_id"]
@@ -95,15 +105,31 @@ def traffic_through(fault, daemon_factory, redis_server, rate: float = 20.0):
     return sent, remote, errors, readers[1].got, (n1, n2)
 
 
-def test_redis_killed_every_message_delivered_or_reported(daemon_factory, redis_server):
+def newcomers_get_in(node, room: str) -> None:
+    """While Redis is away: two new clients authenticate (the node's own replay cache)
+    and meet in a new room that this node serves alone."""
+    first, second = authed(node, f"{room}-1"), authed(node, f"{room}-2")
+    first_id = first.join(room)["peer_id"]
+    assert second.join(room)["peers"] == [{"id": first_id}]
+    second.send({"type": "offer", "to": first_id, "sdp": "during the outage"})
+    assert first.recv()["type"] == "new_peer" and first.recv()["sdp"] == "during the outage"
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("outage", [10.0, 45.0])
+def test_redis_killed_every_message_delivered_or_reported(daemon_factory, redis_server, outage):
+    """The issue's scenario: Redis SIGKILLed for 10 s and for 45 s under traffic."""
     marks = {}
 
     def fault(redis, nodes):
         time.sleep(1.0)
         redis.kill()
+        killed = time.monotonic()
         for d in nodes:
             wait_degraded(d)
-        time.sleep(2.0)
+        newcomers_get_in(nodes[0], "outage-room")
+        time.sleep(max(0.0, outage - (time.monotonic() - killed)))
         redis.proc = None
         redis.start()  # empty: the nodes put themselves back
         marks["back"] = time.monotonic()
@@ -118,19 +144,29 @@ def test_redis_killed_every_message_delivered_or_reported(daemon_factory, redis_
 
 
 def test_redis_paused_late_messages_dropped_and_reported_not_delivered_late(daemon_factory, redis_server):
+    """The issue's scenario: Redis SIGSTOPped for 10 s under traffic."""
+    marks = {}
+
     def fault(redis, nodes):
         time.sleep(1.0)
         redis.proc.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
         try:
-            time.sleep(4.0)
+            for d in nodes:
+                wait_degraded(d)
+            newcomers_get_in(nodes[0], "pause-room")
+            time.sleep(max(0.0, 10.0 - (time.monotonic() - stopped)))
         finally:
             redis.proc.send_signal(signal.SIGCONT)
+        marks["back"] = time.monotonic()
         time.sleep(3.0)
 
     sent, remote, errors, arrivals, (n1, n2) = traffic_through(fault, daemon_factory, redis_server)
     assert errors
     # what Redis let through after the pause, older than the bound, was dropped and reported
     assert "cluster.relay_late" in n2.log()
+    first_after = min(t for t, m in arrivals if m.get("type") == "ice" and t > marks["back"])
+    assert first_after - marks["back"] < 2.5  # relay is back within 2 s (generously measured)
 
 
 def test_reconnect_back_off_is_capped_so_recovery_does_not_grow_with_the_outage(daemon_factory, redis_server):
@@ -193,19 +229,13 @@ def test_after_a_node_crash_a_token_still_serves_once_and_only_its_device(daemon
     knew that while it lived, so the binding travels in the token's record: another
     device's resume is refused, the right one gets the place and a new token, and the
     spent token is refused."""
-    key = "cluster-faults-key"
     redis = redis_server()
-    n1, n2 = two_nodes(daemon_factory, redis, "--resume-grace", "6", env={"SSCONTROL_API_KEY": key})
-
-    def authed(node, device):
-        peer = connect(node.ws)
-        assert peer.request(auth_message(key, device_id=device))["type"] == "auth_success"
-        return peer
+    n1, n2 = two_nodes(daemon_factory, redis, "--resume-grace", "6", env={"SSCONTROL_API_KEY": KEY})
 
     observer = authed(n2, "observer")
     observer.join("r")
     raw = RawPeer("127.0.0.1", n1.port)
-    raw.send_json(auth_message(key, device_id="cam-1"))
+    raw.send_json(auth_message(KEY, device_id="cam-1"))
     assert raw.recv_json()["type"] == "auth_success"
     raw.send_json({"type": "join", "room_id": "r"})
     joined = raw.recv_json()
