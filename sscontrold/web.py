@@ -304,7 +304,7 @@ class GuardedChannel(HTTPChannel):
         self._cancel_deadline()
         path = getattr(self, "_path", b"")
         REQUESTS.labels(endpoint_label(path), str(code)).inc()
-        body = orjson.dumps({"success": False, "error": message})
+        body = orjson.dumps({"success": False, "error": message, "code": ERROR_CODES.get(code, "error")})
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                              % (code, http.RESPONSES[code], len(body), body))

@@ -292,7 +292,8 @@ def test_a_huge_body_is_refused_by_its_length_before_it_is_read(daemon_factory, 
             s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       f"Content-Length: {256 * MB}\r\n\r\n".encode())  # and no body at all
             code, body = read_response(s)
-            assert code == 413 and body == {"success": False, "error": "body larger than 65536 bytes"}
+            assert code == 413 and body == {"success": False, "error": "body larger than 65536 bytes",
+                                           "code": "too_large"}
             s.settimeout(2)
             assert s.recv(1) == b""  # and closed
 

@@ -71,8 +71,11 @@ def metric(d, kind: str, reason: str) -> float:
 
 def test_websocket_and_api_from_another_origin_get_403_before_the_upgrade(daemon_factory):
     d = daemon_factory(env={"SSCONTROL_ALLOWED_ORIGINS": POLICY})
-    beside = connect(d.ws)  # a native client (no Origin) beside: it loses nothing
+    beside = connect(d.ws)  # a pair of native clients (no Origin) beside: they lose nothing
+    mate = connect(d.ws)
     beside_id = beside.join("room")["peer_id"]
+    mate.join("room")
+    assert beside.recv()["type"] == "new_peer"
 
     status, headers, body = http("GET", d.base + "/ws", headers={**UPGRADE, "Origin": "https://evil.com"})
     assert status == 403 and "Sec-WebSocket-Accept" not in headers
@@ -107,8 +110,10 @@ def test_websocket_and_api_from_another_origin_get_403_before_the_upgrade(daemon
     assert http("GET", d.base + "/", headers={"Origin": "https://evil.com"})[0] == 200
     log = d.log()
     assert "origin.refused" in log and "origin=https://evil.com" in log and "kind=websocket" in log
-    assert beside.request({"type": "offer", "to": beside_id, "sdp": "still here"})["sdp"] == "still here"
+    mate.send({"type": "offer", "to": beside_id, "sdp": "still here"})
+    assert beside.recv()["sdp"] == "still here"
     beside.close()
+    mate.close()
 
 
 def test_require_origin_refuses_clients_without_one(daemon_factory):

@@ -23,6 +23,7 @@ from conftest import ROOT
 from sscontrold import config
 from sscontrold.domain import auth as auth_module
 from sscontrold.domain.client import BadMessage, Client
+from sscontrold.domain.admin import Administration
 from sscontrold.domain.cluster import UNDELIVERED
 from sscontrold.domain.sessions import SessionError
 from sscontrold.protocol import RESUMABLE_CLOSE_CODES
@@ -272,7 +273,7 @@ def test_every_server_message_and_field_is_documented():
 def test_every_error_code_is_documented():
     rows = rows_by_first_cell(section(doc_text(), "Errors"))
     # plus the codes of cross-node relays that did not arrive (cluster.undelivered_error)
-    codes = error_codes(sources()) | set(UNDELIVERED)
+    codes = error_codes(sources()) | set(UNDELIVERED) | set(Administration.REMOVAL_CODES)
     assert {"bad_message", "auth_required", "unknown_peer", "resume_failed", "turn_unavailable"} <= codes
     missing = codes - set(rows)
     assert not missing, f"error codes the server sends but docs/protocol.md does not list: {sorted(missing)}"

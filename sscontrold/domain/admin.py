@@ -68,6 +68,9 @@ class Administration:
             peers.append(entry)
         return peers
 
+    # The codes of the error a removed peer gets (docs/protocol.md, Errors).
+    REMOVAL_CODES = ("kicked", "room_closed")
+
     def _remove(self, member, message: str, code: str) -> None:
         """The peer gets an ``error``, its room ``peer_left`` (at once), then the close."""
         if not isinstance(member, Held):

@@ -259,10 +259,34 @@
       const joined = await channel.request({ type: "join", room_id: room });
       const bad = refused(joined);
       if (bad) throw bad;
-      const t0 = performance.now();
-      const echo = await channel.request({ type: "offer", from: "", to: joined.peer_id, sdp: "connection test" });
-      if (echo.type !== "offer" || echo.from !== joined.peer_id) throw refused(echo) || new Failure("unexpected answer");
-      return { detail: `join, then an offer to itself relayed back in ${Math.round(performance.now() - t0)} ms` };
+      // A second connection of this page joins the same room: an offer goes from it to
+      // the first, an answer comes back (the server relays only between two peers).
+      const other = new Channel(wsUrl);
+      try {
+        await other.opened;
+        if (key) {
+          const reply = await other.request(await authFields(key, device));
+          if (reply.type !== "auth_success") throw refused(reply) || new Failure("unexpected answer");
+        }
+        const t0 = performance.now();
+        const peers = await other.request({ type: "join", room_id: room });
+        if (refused(peers)) throw refused(peers);
+        const arrived = await channel.next();
+        if (arrived.type !== "new_peer") throw refused(arrived) || new Failure("unexpected answer");
+        other.ws.send(JSON.stringify({ type: "offer", from: "", to: joined.peer_id, sdp: "connection test" }));
+        const offer = await channel.next();
+        if (offer.type !== "offer" || offer.from !== peers.peer_id) throw refused(offer) || new Failure("unexpected answer");
+        channel.ws.send(JSON.stringify({ type: "answer", from: "", to: peers.peer_id, sdp: "connection test" }));
+        const back = await other.next();
+        if (back.type !== "answer" || back.from !== joined.peer_id) throw refused(back) || new Failure("unexpected answer");
+        const ms = Math.round(performance.now() - t0);
+        other.ws.close(1000);
+        const left = await channel.next();  // the second connection's peer_left, so later steps start clean
+        if (left.type !== "peer_left") throw refused(left) || new Failure("unexpected answer");
+        return { detail: `two connections joined one room and relayed an offer and an answer in ${ms} ms` };
+      } finally {
+        if (other.ws.readyState === WebSocket.OPEN) other.ws.close(1000);
+      }
     });
 
     const turn = await run("TURN credentials", async () => {
