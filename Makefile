@@ -127,9 +127,10 @@ unit-test: packaging-deps
 
 # --- bench (begin)
 # make bench        -> bench/run.py: sscontrold and the reference Node.js `ws` relay side by
-#                      side (relay, churn plain/TLS, idle), alternating rounds, server pinned to
+#                      side (relay, churn plain/TLS full and resumed, idle, reconnect storm),
+#                      alternating rounds, server pinned to
 #                      core 0 and the generator to core 1; prints the figures and the ratios,
-#                      keeps the JSON lines in build/bench/. ~7 minutes.
+#                      keeps the JSON lines and SVG charts in build/bench/. ~10 minutes.
 #                      Quick look: make bench BENCH_SECONDS=2 BENCH_SHORT=1 BENCH_ROUNDS=1
 # make bench-smoke  -> seconds: the generator against sscontrold, figures sanity-checked
 #                      (bench/smoke.sh; needs node, no npm install). Not part of `make test`.

@@ -212,6 +212,12 @@ FIELDS: tuple[Field, ...] = (
     Field("ping_interval", "limits", _seconds(0), 30.0, "Seconds between WebSocket pings (0: off)."),
     Field("ping_timeout", "limits", _seconds(2), 15.0,
           "Seconds to wait for a pong before dropping the peer (at least 2)."),
+    Field("overload_lag", "limits", _seconds(0), 0.25,
+          "Admission control: when the event loop runs more than this many seconds behind (a timer "
+          "due every 50 ms fires late), a new WebSocket upgrade gets 503 with Retry-After at once "
+          "instead of queueing; established peers, REST and /health are served as usual. 0: off."),
+    Field("overload_retry_after", "limits", _int_range(1, 3600), 2,
+          "Seconds a client refused for overload is told to wait (Retry-After; clients add jitter)."),
     # [turn]
     Field("turn_secrets", "turn", _list, (), "coturn static-auth-secret values; the first signs, all are "
           "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file (re-read on every "

@@ -14,6 +14,7 @@ from . import __version__, config, logging
 from .config import ConfigError
 from .admin import HealthSummary, Readiness, admin_site
 from .admin_actions import admin_actions
+from .admission import LoopLag
 from .connection_test import ConnectionTestPage
 from .lifecycle import DrainingService, Reloader, drain
 from .logging import Events
@@ -149,9 +150,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
     node.extensions["turn"] = websocket_turn(node)
     sessions = SessionAPI(node, redis=redis)  # with Redis, sessions are shared by every node
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
+    loop_lag = LoopLag(reactor, node)  # admission control: sheds upgrades when the reactor falls behind
     site = public_site(factory, health, settings.handshake_timeout, settings.session_body_max_bytes,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node),
-                              b"connection-test": ConnectionTestPage(node)})
+                              b"connection-test": ConnectionTestPage(node)}, admission=loop_lag)
     site.resource = OriginGate(site.resource, node)  # allowed_origins, before any upgrade
 
     top = DrainingService(reactor)
@@ -159,6 +161,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         redis.setServiceParent(top)
         cluster.setServiceParent(top)
         readiness.add("redis", cluster.check)
+    loop_lag.setServiceParent(top)
     FactoryLifetime(factory).setServiceParent(top)
     sessions.service.setServiceParent(top)
     public = (SharedPortEndpoint if settings.reuse_port else server_endpoint)(reactor, settings.host, settings.port)

@@ -2,6 +2,16 @@
 
 TLS 1.2 minimum, AEAD ciphers only, ALPN ``http/1.1`` only (offering h2 would
 break the WebSocket upgrade, since Twisted then speaks HTTP/2).
+
+Session resumption is on (docs/performance.md, "TLS session resumption"): a client
+that comes back (a reconnect, a second connection of a session) resumes with a
+ticket (TLS 1.2 and 1.3) or a TLS 1.2 session id instead of a full handshake. The
+ticket keys and the session cache belong to the context: random, in memory, for
+the process's lifetime. A reload that finds the certificate and key unchanged keeps
+the context (tickets stay valid); a renewed certificate makes a new context, which
+rotates the keys. Tickets are per process: with several processes on one port
+(reuse_port) or after a restart, a ticket another process issued falls back to a
+full handshake, never to a failure.
 """
 
 from __future__ import annotations
@@ -55,6 +65,10 @@ def load_certificate_options(cert_path: str, key_path: str) -> CertificateOption
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableCiphers=CIPHERS,
         acceptableProtocols=[b"http/1.1"],
+        # resumption: the server-side session cache (TLS 1.2 session ids, TLS 1.3
+        # stateful tickets) and stateless tickets (TLS 1.2 and 1.3)
+        enableSessions=True,
+        enableSessionTickets=True,
     )
 
 
@@ -67,10 +81,18 @@ class ReloadableServerTLS:
 
     def __init__(self, cert_path: str, key_path: str):
         self._context = None
+        self._loaded: tuple | None = None  # (paths, file contents) of the current context
         self.load(cert_path, key_path)
 
     def load(self, cert_path: str, key_path: str) -> None:
+        """A new context, unless the files are the ones the current one was made
+        from: keeping it keeps its session cache and ticket keys (resumption across
+        a reload that changes nothing here)."""
+        loaded = (cert_path, key_path, _read(cert_path, "tls_cert"), _read(key_path, "tls_key"))
+        if loaded == self._loaded:
+            return
         self._context = load_certificate_options(cert_path, key_path).getContext()
+        self._loaded = loaded
 
     def apply(self, settings) -> None:
         """Reload: re-read the (possibly renewed) certificate and key."""

@@ -162,13 +162,16 @@ class WebSocketOrBanner(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket: WebSocketResource):
+    def __init__(self, websocket: WebSocketResource, admission=None):
         super().__init__()
         self._websocket = websocket
+        self._admission = admission  # admission.LoopLag: sheds upgrades when the reactor falls behind
 
     def render(self, request: Request):
         upgrade = request.getHeader(b"upgrade") or b""
         if b"websocket" in upgrade.lower():
+            if self._admission is not None and self._admission.shed():
+                return self._overloaded(request)
             channel = request.channel
             transport = channel.transport
             result = self._websocket.render(request)
@@ -187,6 +190,14 @@ class WebSocketOrBanner(Resource):
             return error_response(request, http.NOT_ALLOWED, "use GET, or upgrade to a WebSocket")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return BANNER
+
+    def _overloaded(self, request: Request) -> bytes:
+        """503 now, before any handshake work; the connection closes after it."""
+        request.setHeader(b"retry-after", b"%d" % self._admission.retry_after)
+        request.setHeader(b"connection", b"close")
+        request.channel.persistent = False
+        return error_response(request, http.SERVICE_UNAVAILABLE, "overloaded: try again after Retry-After seconds",
+                              "overloaded")
 
 
 LINGER_SECONDS = 2.0  # after a refusal, how long what the client still sends is read and dropped
@@ -393,9 +404,9 @@ class QuietSite(Site):
 
 
 def public_site(websocket_factory, health: Callable[[], dict], timeout: float, max_body_bytes: int,
-                extra: dict[bytes, Resource] | None = None) -> Site:
+                extra: dict[bytes, Resource] | None = None, admission=None) -> Site:
     root = JSONRoot()
-    endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory))
+    endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory), admission)
     root.putChild(b"", endpoint)
     root.putChild(b"ws", endpoint)
     root.putChild(b"health", Health(health))

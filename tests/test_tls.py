@@ -118,3 +118,71 @@ def test_bad_certificate_settings_exit_before_binding(pki, tmp_path):
         assert len(lines) == 1, lines
         assert key_name in lines[0] and words in lines[0], lines[0]
         assert "Traceback" not in lines[0]
+
+
+# --- session resumption (issue 16): a client that comes back skips the full handshake
+
+def resumed(port: int, ctx: ssl.SSLContext, session=None) -> tuple[bool, ssl.SSLSession]:
+    """One connection (a GET /health answered, so a TLS 1.3 ticket has arrived):
+    whether it resumed ``session``, and the session to resume next time."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data[:100]
+            return s.session_reused, s.session
+
+
+@pytest.mark.parametrize("version, tickets", [
+    (ssl.TLSVersion.TLSv1_3, True),   # TLS 1.3 tickets
+    (ssl.TLSVersion.TLSv1_2, True),   # TLS 1.2 session tickets
+    (ssl.TLSVersion.TLSv1_2, False),  # TLS 1.2 session ids (a client that refuses tickets)
+])
+def test_sessions_resume(tls_daemon, pki, version, tickets):
+    ctx = pki.client_context()
+    ctx.minimum_version = ctx.maximum_version = version
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+    reused, session = resumed(tls_daemon.port, ctx)
+    assert not reused
+    for _ in range(3):  # every reconnect resumes (a TLS 1.3 ticket is single-use: each brings a new one)
+        reused, session = resumed(tls_daemon.port, ctx, session)
+        assert reused
+    # a resumed connection carries the WebSocket signaling as any other
+    a = connect(tls_daemon.ws, ssl=ctx)
+    assert a.request(auth_message("k"))["type"] == "auth_success"
+
+
+def test_reload_keeps_tickets_and_a_renewed_certificate_rotates_them(daemon_factory, pki, tmp_path):
+    import shutil
+    import signal
+    import time
+    chain, key, _ = pki.server("resume-a")
+    chain_b, key_b, _ = pki.server("resume-b")
+    live_cert, live_key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(chain, live_cert)
+    shutil.copy(key, live_key)
+    d = daemon_factory(env={"SSCONTROL_TLS_CERT": str(live_cert), "SSCONTROL_TLS_KEY": str(live_key)}, tls=True)
+    ctx = pki.client_context()
+    _, session = resumed(d.port, ctx)
+
+    def after_reload(marker: str) -> None:
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while d.log().count(marker) < after_reload.count + 1:
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.05)
+        after_reload.count += 1
+    after_reload.count = d.log().count("reload.done")
+
+    after_reload("reload.done")  # same files: the context and its ticket keys stay
+    reused, session = resumed(d.port, ctx, session)
+    assert reused
+    shutil.copy(chain_b, live_cert)  # a renewed certificate: a new context, new keys
+    shutil.copy(key_b, live_key)
+    after_reload("reload.done")
+    reused, session = resumed(d.port, ctx, session)
+    assert not reused  # the old ticket falls back to a full handshake, not to a failure
+    assert resumed(d.port, ctx, session)[0]

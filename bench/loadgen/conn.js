@@ -79,8 +79,9 @@ function parseUrl(url) {
 }
 
 // One TLS context for every connection: building one per tls.connect() (Node's default)
-// costs the generator more than the server's whole handshake. No session resumption:
-// every connection is a full handshake.
+// costs the generator more than the server's whole handshake. A connection resumes a
+// TLS session only when given one (connect's `session`: the churn workload's --resume);
+// otherwise every connection is a full handshake.
 let clientContext = null;
 function tlsContext() {
   if (!clientContext) clientContext = tls.createSecureContext({});
@@ -101,7 +102,8 @@ class RawConn {
     this._closeSent = false;
   }
 
-  connect(localAddress, timeoutMs = 15000) {
+  // session: a TLS session (from a previous connection's `tlsSession`) to resume.
+  connect(localAddress, timeoutMs = 15000, session = null) {
     const t = this.target;
     return new Promise((resolve, reject) => {
       const key = randomBytes(16).toString('base64');
@@ -122,7 +124,13 @@ class RawConn {
           + `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
       };
       if (t.tls) {
-        sock = tls.connect({ ...opts, rejectUnauthorized: false, secureContext: tlsContext() }, request);
+        const tlsOpts = { ...opts, rejectUnauthorized: false, secureContext: tlsContext() };
+        if (session) tlsOpts.session = session;
+        sock = tls.connect(tlsOpts, () => {
+          this.resumed = sock.isSessionReused();
+          request();
+        });
+        sock.on('session', (s) => { this.tlsSession = s; }); // TLS 1.3: after the handshake
       } else {
         sock = net.connect(opts, request);
       }
@@ -136,7 +144,12 @@ class RawConn {
         }
         const text = head.subarray(0, end).toString('latin1');
         const rest = head.subarray(end + 4);
-        if (!/^HTTP\/1\.1 101 /.test(text)) return fail(new Error(`handshake refused: ${text.split('\r\n')[0]}`));
+        if (!/^HTTP\/1\.1 101 /.test(text)) {
+          const err = new Error(`handshake refused: ${text.split('\r\n')[0]}`);
+          const ra = /\r\nretry-after:\s*(\d+)/i.exec(text);
+          if (ra) err.retryAfterS = Number(ra[1]); // admission control: wait at least this long
+          return fail(err);
+        }
         const m = /\r\nsec-websocket-accept:\s*(\S+)/i.exec(text);
         if (!m || m[1] !== accept) return fail(new Error('bad Sec-WebSocket-Accept'));
         clearTimeout(timer);
@@ -224,6 +237,10 @@ class RawConn {
       } else if (opcode === 9) {
         this._control(10, Buffer.from(payload));
       } else if (opcode === 8) {
+        if (payload.length >= 2) {
+          this.closeCode = payload.readUInt16BE(0);
+          this.closeReason = payload.subarray(2).toString();
+        }
         if (!this._closeSent) {
           this._closeSent = true;
           this._control(8, Buffer.from(payload.subarray(0, 2)));

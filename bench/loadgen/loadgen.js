@@ -6,6 +6,10 @@
 //   node loadgen.js --url ws://127.0.0.1:8443/ws --workload relay --conns 200 --window 1
 //   node loadgen.js --url wss://127.0.0.1:8443/ws --workload churn --concurrency 16
 //   node loadgen.js --url ws://127.0.0.1:8443/ws --workload idle --idle 10000,19000 --server-pid PID
+//   node loadgen.js --url wss://127.0.0.1:8443/ws --workload churn --resume 1   # resumed TLS handshakes
+//   node loadgen.js --url ws://127.0.0.1:8443/ws --workload storm --conns 10000  # driven by bench/run.py:
+//     joins, prints {"storm_ready": ...}, reads {"restart_at_ms": ...} on stdin (the driver then
+//     restarts or kills the server), every client reconnects with jittered back-off and re-joins
 //
 // The API key (auth on when set) comes from the environment: SSCONTROL_API_KEY.
 // Every loop is bounded in time (--warmup + --seconds) and every wait has a timeout.
@@ -30,6 +34,10 @@ function parseArgs(argv) {
     client: 'raw',
     setupConcurrency: 128,
     label: '',
+    resume: 0, // churn over TLS: each loop resumes its previous connections' sessions
+    stormGiveUp: 120, // storm: seconds after the restart a client keeps trying
+    stormBackoffMs: 100, // storm: first back-off (full jitter, doubling)
+    stormBackoffCapMs: 5000,
   };
   for (let i = 2; i < argv.length; i++) {
     const k = argv[i];
@@ -128,11 +136,12 @@ function cancelWait(conn, type) {
 // Each sends auth and join in one write without waiting (the server handles a
 // connection's messages in order); whichever join the server takes first gets an
 // empty `peers` and then `new_peer`, the other gets `peers` naming the first.
-async function openPair(room) {
+async function openPair(room, sessions = null) {
   const a = newConn();
   const b = newConn();
   try {
-    await Promise.all([a.connect(nextSrc()), b.connect(nextSrc())]);
+    await Promise.all([a.connect(nextSrc(), 15000, sessions && sessions[0]),
+      b.connect(nextSrc(), 15000, sessions && sessions[1])]);
     await Promise.all([a, b].map(async (c) => {
       attachWaiters(c);
       const join = JSON.stringify({ type: 'join', room_id: room });
@@ -289,11 +298,18 @@ async function churn() {
   let elu0 = null;
   let seq = 0;
 
+  let handshakes = 0;
+  let resumedHandshakes = 0;
   // One session: two connections connect, authenticate and join one room, one
   // relays an ICE message to the other, both close (client close handshake).
-  async function session() {
+  // With --resume, the two connections resume the TLS sessions of the loop's previous two.
+  async function session(tlsSessions) {
     const t = performance.now();
-    const [a, b] = await openPair(`churn-${runId}-${seq++}`);
+    const [a, b] = await openPair(`churn-${runId}-${seq++}`, args.resume ? tlsSessions : null);
+    if (Date.now() >= recordFrom) {
+      handshakes += 2;
+      resumedHandshakes += (a.resumed ? 1 : 0) + (b.resumed ? 1 : 0);
+    }
     try {
       const got = waitFor(a, 'ice');
       const bClosed = b.close(5000, iceTemplate(b.partner).buf); // the message, then close, in one write
@@ -303,13 +319,18 @@ async function churn() {
       a.destroy();
       b.destroy();
     }
+    if (args.resume) {
+      tlsSessions[0] = a.tlsSession || tlsSessions[0];
+      tlsSessions[1] = b.tlsSession || tlsSessions[1];
+    }
     return performance.now() - t;
   }
 
   async function loop() {
+    const tlsSessions = [null, null]; // the loop's previous two connections' TLS sessions
     while (Date.now() < stopAt && errors < 1000) {
       try {
-        const ms = await session();
+        const ms = await session(tlsSessions);
         const now = Date.now();
         if (now >= recordFrom && now < stopAt) {
           sessions++;
@@ -318,6 +339,7 @@ async function churn() {
       } catch (err) {
         errors++;
         if (!firstError) firstError = err.message;
+        if (process.env.LOADGEN_DEBUG) log(err.stack);
         await sleep(10);
       }
     }
@@ -335,6 +357,8 @@ async function churn() {
   return {
     workload: 'churn',
     tls: target.tls,
+    resume: Boolean(args.resume),
+    resumed_pct: target.tls && handshakes ? Math.round((1000 * resumedHandshakes) / handshakes) / 10 : null,
     concurrency: args.concurrency,
     seconds: cpu.wall_s,
     sessions,
@@ -410,6 +434,150 @@ async function idle() {
   return out;
 }
 
+// --- reconnect storm: N clients joined in pairs; the driver restarts (SIGTERM, drain, new
+// process) or kills the server; every client reconnects with jittered back-off (after the
+// server's reconnect_in_ms hint when a 1012 close carries one, after Retry-After when a 503
+// does), re-joins its room, and its pair relays one message again. Reported: the time from
+// the restart to the last pair relaying, failed attempts, clients that gave up.
+
+function readStdinLine() {
+  return new Promise((resolve) => {
+    let buf = '';
+    const onData = (chunk) => {
+      buf += chunk;
+      const i = buf.indexOf('\n');
+      if (i >= 0) {
+        process.stdin.removeListener('data', onData);
+        process.stdin.pause();
+        resolve(buf.slice(0, i));
+      }
+    };
+    process.stdin.setEncoding('utf8');
+    process.stdin.on('data', onData);
+  });
+}
+
+async function storm() {
+  const pairs = Math.max(1, Math.floor(args.conns / 2));
+  const t0 = Date.now();
+  const all = await pooled(pairs, args.setupConcurrency, (i) => openPair(`storm-${runId}-${i}`));
+  const setupS = (Date.now() - t0) / 1000;
+  log(`storm: ${pairs * 2} clients joined in ${setupS.toFixed(1)} s`);
+  let restartAt = 0;
+  let giveUpAt = Infinity;
+  let failed = 0;
+  let gaveUp = 0;
+  let hinted = 0;
+  let refused503 = 0;
+  let lastRelayAt = 0;
+  let lastJoinAt = 0;
+  let pairsDone = 0;
+  const failures = {};
+  const firstByReason = (err) => {
+    const key = err.retryAfterS !== undefined ? '503' : (err.code || err.message.split(':')[0]).slice(0, 40);
+    failures[key] = (failures[key] || 0) + 1;
+  };
+  let resolveAll;
+  const allDone = new Promise((r) => { resolveAll = r; });
+  const pairDone = () => {
+    pairsDone++;
+    lastRelayAt = Date.now();
+    if (pairsDone + gaveUpPairs.size === pairs) resolveAll();
+  };
+  const gaveUpPairs = new Set();
+
+  // One client's way back: wait, connect, auth + join; on failure back off and retry.
+  async function comeBack(pairIndex, conn, rejoined) {
+    let delay;
+    const hint = conn.closeCode === 1012 && /reconnect_in_ms=(\d+)/.exec(conn.closeReason || '');
+    if (hint) {
+      hinted++;
+      delay = Number(hint[1]);
+    } else {
+      delay = Math.random() * args.stormBackoffMs;
+    }
+    for (let attempt = 0; ; attempt++) {
+      await sleep(delay);
+      if (Date.now() >= giveUpAt) {
+        gaveUp++;
+        gaveUpPairs.add(pairIndex);
+        if (pairsDone + gaveUpPairs.size === pairs) resolveAll();
+        return null;
+      }
+      const c = newConn();
+      try {
+        await c.connect(nextSrc(), 10000);
+        attachWaiters(c);
+        const room = `storm-${runId}-${pairIndex}`;
+        const got = API_KEY ? [waitFor(c, 'auth_success', 10000), waitFor(c, 'peers', 10000)]
+          : [waitFor(c, 'peers', 10000)];
+        c.sendMany(API_KEY ? [authMessage(), JSON.stringify({ type: 'join', room_id: room })]
+          : [JSON.stringify({ type: 'join', room_id: room })]);
+        const peers = (await Promise.all(got)).pop();
+        lastJoinAt = Date.now();
+        return rejoined(c, peers);
+      } catch (err) {
+        failed++;
+        firstByReason(err);
+        c.destroy();
+        if (err.retryAfterS !== undefined) {
+          refused503++;
+          delay = err.retryAfterS * 1000 * (1 + 0.5 * Math.random());
+        } else {
+          delay = Math.random() * Math.min(args.stormBackoffCapMs, args.stormBackoffMs * 2 ** attempt);
+        }
+      }
+    }
+  }
+
+  // A pair: the second to re-join (its `peers` names the first) sends an ICE message; the
+  // pair is back when the first receives it.
+  all.forEach(([a, b], i) => {
+    let closed = 0;
+    const onClose = () => {
+      if (!restartAt) return; // closes before the restart are errors, not the storm
+      if (++closed < 2) return;
+      for (const old of [a, b]) {
+        comeBack(i, old, (c, peers) => {
+          if (peers.peers.length) {
+            c.send(iceTemplate(peers.peers[0].id).buf);
+          } else {
+            waitFor(c, 'ice', args.stormGiveUp * 1000).then(pairDone, () => {});
+          }
+          return c;
+        });
+      }
+    };
+    a.onclose = onClose;
+    b.onclose = onClose;
+  });
+
+  process.stdout.write(`${JSON.stringify({ storm_ready: true, conns: pairs * 2, setup_s: setupS })}\n`);
+  const line = await readStdinLine();
+  restartAt = JSON.parse(line).restart_at_ms;
+  giveUpAt = restartAt + args.stormGiveUp * 1000;
+  const meter = new CpuMeter(0);
+  meter.start();
+  const hardStop = sleep((args.stormGiveUp + 30) * 1000).then(() => 'timeout');
+  const outcome = await Promise.race([allDone, hardStop]);
+  const cpu = meter.stop();
+  return {
+    workload: 'storm',
+    conns: pairs * 2,
+    setup_s: setupS,
+    completed: outcome !== 'timeout',
+    pairs_back: pairsDone,
+    all_back_s: pairsDone === pairs ? Math.round(lastRelayAt - restartAt) / 1000 : null,
+    last_join_s: lastJoinAt ? Math.round(lastJoinAt - restartAt) / 1000 : null,
+    failed_attempts: failed,
+    refused_503: refused503,
+    failures,
+    hinted_closes: hinted,
+    gave_up: gaveUp,
+    gen_cpu_pct: cpu.gen_cpu_pct,
+  };
+}
+
 async function main() {
   const extra = {};
   for (const kv of args.label.split(',').filter(Boolean)) {
@@ -421,6 +589,7 @@ async function main() {
   if (args.workload === 'relay') results = [await relay()];
   else if (args.workload === 'churn') results = [await churn()];
   else if (args.workload === 'idle') results = await idle();
+  else if (args.workload === 'storm') results = [await storm()];
   else throw new Error(`unknown workload ${args.workload}`);
   for (const r of results) process.stdout.write(`${JSON.stringify({ ...extra, ...r, ...common })}\n`);
 }
