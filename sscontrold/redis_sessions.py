@@ -36,10 +36,12 @@ import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from .domain.metrics import Recorder
 from .domain.sessions import (
-    EXCEEDED, NOT_COUNTED, SESSIONS_GAUGE, TOMBSTONE_SECONDS, Conflict, Gone, NotFound, Session,
+    EXCEEDED, NOT_COUNTED, TOMBSTONE_SECONDS, Conflict, Gone, NotFound, Session,
     SessionError, SessionLimits, StoreFull, TooManyAttempts, answer_change, count_attempt, ice_change,
     new_session, quota_exceeded, validate_session_id)
+from .metrics import PROMETHEUS
 from .redis import RedisLink, RedisUnavailable
 
 log = Logger(namespace="sscontrold.redis_sessions")
@@ -110,10 +112,10 @@ class RedisSessionStore:
     """The SessionStore operations on Redis, returning Deferreds. ``limits_getter``
     returns the current SessionLimits (read at every operation)."""
 
-    def __init__(self, link: RedisLink, limits_getter: Callable[[], SessionLimits], gauge=SESSIONS_GAUGE):
+    def __init__(self, link: RedisLink, limits_getter: Callable[[], SessionLimits], recorder: Recorder = PROMETHEUS):
         self._link = link
         self._limits = limits_getter
-        self._gauge = gauge
+        self._recorder = recorder
         self._count: int | None = None
         self._counting = False
         self._index = f"{link.prefix}sessions"
@@ -213,8 +215,7 @@ class RedisSessionStore:
             self._count = None
             return
         self._count = int(count)
-        if self._gauge is not None:
-            self._gauge.set(self._count)
+        self._recorder.sessions(self._count)
 
     def _counted(self, _):
         self._counting = False

@@ -26,7 +26,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.auth import AuthRefused
 from .domain.compare import same_secret
-from .domain.client import AUTH, BadMessage, Client
+from .domain.client import BadMessage, Client
+from .metrics import AUTH
 from .protocol import client_address
 from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
 
