@@ -215,7 +215,8 @@ FIELDS: tuple[Field, ...] = (
     # [turn]
     Field("turn_secrets", "turn", _list, (), "coturn static-auth-secret values; the first signs, all are "
           "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file (re-read on every "
-          "reload) or the credential turn_secrets (read at start: restart to change).", ("TURN_PASSWORD",), secret=True),
+          "reload) or the credential turn_secrets (read at start: restart to change).", ("TURN_PASSWORD",),
+          secret=True),
     Field("turn_secret_file", "turn", _optional_str, None, "File with one TURN secret per line, added to "
           "turn_secrets. Re-read on every reload (rotation without a restart)."),
     Field("turn_uris", "turn", _list, (), "TURN/STUN URIs handed to clients, e.g. "
@@ -244,7 +245,8 @@ FIELDS: tuple[Field, ...] = (
     Field("session_body_max_bytes", "sessions", _int_range(1024), 65536,
           "Largest HTTP request body, on every path of both listeners (a larger Content-Length "
           "gets 413 before the body is read; a chunked body is cut at it)."),
-    Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
+    Field("session_rate_per_minute", "sessions", _int_range(1), 120,
+          "REST requests per minute from one client address."),
     Field("cors_origins", "sessions", parse_origins, ("*",),
           "Deprecated: set allowed_origins, which drives the CORS answer too. Alone, it keeps its old "
           "meaning: the origins named in the CORS answer of the REST API and /turn, none refused."),

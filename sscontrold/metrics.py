@@ -61,7 +61,7 @@ class LatencyHistogram:
 
     def collect(self):
         cumulative, buckets = 0, []
-        for bound, count in zip(self.bounds + (float("inf"),), list(self.counts)):
+        for bound, count in zip(self.bounds + (float("inf"),), list(self.counts), strict=True):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
         family = HistogramMetricFamily(self.name, self.documentation)

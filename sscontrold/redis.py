@@ -28,7 +28,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .domain.auth import AuthRefused, MemoryNonceStore
+from .domain.auth import MemoryNonceStore
 from .domain.cluster import ClusterUnavailable
 from .domain.compare import same_secret
 from .logging import Events
@@ -422,7 +422,7 @@ LATE_MARGIN = 0.5  # the sender waits this much longer than the receiver accepts
 
 def _pairs(flat) -> dict[str, str]:
     flat = list(flat or ())
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=False))  # an odd last item has no value: dropped
 
 
 class _LinkProtocol(txredisapi.RedisProtocol):

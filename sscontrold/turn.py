@@ -276,8 +276,8 @@ class TurnResource(JSONResource):
             AUTH.labels("accepted", "token").inc()
             return device_id
         self._refused(address, "missing_credentials")
-        raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key "
-                                              "(Authorization: Bearer or X-API-Key; key= or api= are legacy) or an HMAC token")
+        raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key (Authorization: Bearer "
+                                           "or X-API-Key; key= or api= are legacy) or an HMAC token")
 
     def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:
         AUTH.labels("refused", reason).inc()

@@ -149,7 +149,8 @@ def test_authenticator_window_skew_replay_rotation_allowlist():
     verify(key="k2", nonce="b")
     verify(ts=now + 30, nonce="c")
     verify(ts=now - 300, nonce="d")
-    for kwargs, reason in [({"key": "zz", "nonce": "e"}, "bad_token"), ({"ts": now + 31, "nonce": "f"}, "timestamp_future"),
+    for kwargs, reason in [({"key": "zz", "nonce": "e"}, "bad_token"),
+                           ({"ts": now + 31, "nonce": "f"}, "timestamp_future"),
                            ({"ts": now - 301, "nonce": "g"}, "timestamp_expired"), ({"nonce": "a"}, "replay"),
                            ({"device": "x", "nonce": "h"}, "device_not_allowed")]:
         with pytest.raises(AuthRefused) as e:

@@ -333,7 +333,7 @@ def test_tombstones_are_bounded(store, clock, monkeypatch):
 
 
 def test_expiry_heap_survives_churn(store, clock):
-    for i in range(3000):
+    for _ in range(3000):
         store.create(body("x", ttl=3600))
         store.delete("x")
     assert len(store._expiry) <= 2 * len(store) + 1025
