@@ -118,7 +118,7 @@ class Field:
 # the shipped example all derive from it.
 FIELDS: tuple[Field, ...] = (
     # [server]
-    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",)),
+    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",)),  # nosec B104  # it serves remote peers; start-up warns when auth or TLS is off on it
     Field("port", "server", _int_range(0, 65535), 8443, "Port of the public listener.", ("SIGNALING_PORT",)),
     Field("tls_cert", "server", _optional_str, None,
           "PEM file with the certificate and its chain (leaf first). Unset: plain ws://.",
@@ -303,7 +303,7 @@ class ConfigWarning:
 CREDENTIAL_FIELDS = tuple(f.name for f in FIELDS if f.secret)
 # The setting naming a file that holds more of each secret.
 SECRET_FILE_KEYS = {"api_keys": "api_key_file", "turn_secrets": "turn_secret_file",
-                    "redis_password": "redis_password_file"}
+                    "redis_password": "redis_password_file"}  # nosec B105  # setting names, not secrets
 
 Settings = dataclasses.make_dataclass(
     "Settings",
@@ -397,7 +397,7 @@ def _is_placeholder(path: str) -> bool:
         return False
 
 
-_WHAT = {"api_keys": "API key", "turn_secrets": "TURN secret", "redis_password": "Redis password"}
+_WHAT = {"api_keys": "API key", "turn_secrets": "TURN secret", "redis_password": "Redis password"}  # nosec B105  # what each is called in messages
 
 
 def load(

@@ -71,7 +71,7 @@ RECONNECT_CAP = 1.0  # seconds: recovery after Redis returns must not depend on 
 def reconnect_delay(attempt: int) -> float:
     """Capped exponential back-off with jitter (50-100 % of the step), so nodes that
     lost Redis together do not all knock at once, and none waits more than a second."""
-    return min(RECONNECT_CAP, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+    return min(RECONNECT_CAP, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)  # nosec B311  # jitter, no secret
 
 
 def describe_failure(failure, timeout: float) -> str:

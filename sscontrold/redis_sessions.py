@@ -105,7 +105,8 @@ class SessionsBusy(SessionError):
 
 
 def _sha1(raw: str) -> str:
-    return hashlib.sha1(raw.encode("utf-8")).hexdigest()
+    """A fingerprint of what was read, compared with Redis's redis.sha1hex (CAS): no secret."""
+    return hashlib.sha1(raw.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 class RedisSessionStore:
