@@ -14,9 +14,10 @@ from typing import Protocol
 
 
 class Recorder(Protocol):
-    # Messages received, by type label: a plain mapping the domain increments
-    # itself, since a call per message would cost the relay path (docs/performance.md).
-    messages: MutableMapping[str, int]
+    @property
+    def messages(self) -> MutableMapping[str, int]:
+        """Messages received, by type label: a plain mapping the domain increments
+        itself, since a call per message would cost the relay path (docs/performance.md)."""
 
     def error(self, reason: str) -> None:
         """An error answered to a client, or an internal one, by reason."""
