@@ -58,6 +58,13 @@ unit-test: $(STAMP) system-deps $(NODE_CLIENT)
 
 test: unit-test
 
+# Static analysis (docs/development.md): any finding fails `make test`.
+.PHONY: lint
+lint: $(STAMP)
+	$(BIN)/ruff check sscontrold tests bench twisted
+	$(BIN)/bandit -q -r sscontrold
+unit-test: lint
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
 

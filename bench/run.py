@@ -136,7 +136,8 @@ def machine_info() -> dict:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "sscontrold"], cwd=ROOT, capture_output=True,
                                text=True)
-        info["commit"] = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
+        info["commit"] = (head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+                          if head.returncode == 0 else None)
     except OSError:
         info["commit"] = None
     try:
@@ -484,7 +485,8 @@ def table(rows: list[dict]) -> str:
         for metric, name, _ in METRICS[kind]:
             m = row[metric]
             target = next((t for t in row["targets"] if t["metric"] == metric), None)
-            tgt = f"{target['target']}{' ok' if target['met'] else ' NO' if target['met'] is False else ''}" if target else ""
+            met = " ok" if target and target["met"] else " NO" if target and target["met"] is False else ""
+            tgt = f"{target['target']}{met}" if target else ""
             note = ""
             if first:
                 limited = [s for s, v in row["generator_limited"].items() if v]
@@ -525,7 +527,8 @@ def smoke(args) -> int:
     with tempfile.TemporaryDirectory(prefix="sscontrol-bench-") as tmp:
         work = Path(tmp)
         cert = make_cert(work, "ec") if shutil.which("openssl") else None
-        runs = [(False, ["--workload", "relay", "--conns", "20", "--window", "4", "--warmup", "0.5", "--seconds", "1.5"]),
+        runs = [(False, ["--workload", "relay", "--conns", "20", "--window", "4", "--warmup", "0.5",
+                         "--seconds", "1.5"]),
                 (False, ["--workload", "churn", "--concurrency", "4", "--warmup", "0.2", "--seconds", "1"]),
                 (False, ["--workload", "idle", "--idle", "200", "--settle", "0.5"])]
         if cert:
@@ -576,7 +579,8 @@ def gen_check(args, server_cpu, gen_cpu) -> int:
     """The generator's own cost: the raw-socket client and the `ws` package's client,
     each driving the reference relay (the faster server) at the same workloads."""
     api_key = secrets.token_hex(16)
-    print(f"{'workload':<20} {'client':<6} {'msgs/s':>9} {'gen CPU%':>9} {'gen us/msg':>11} {'srv CPU%':>9} {'srv us/msg':>11}")
+    print(f"{'workload':<20} {'client':<6} {'msgs/s':>9} {'gen CPU%':>9} {'gen us/msg':>11} "
+          f"{'srv CPU%':>9} {'srv us/msg':>11}")
     with tempfile.TemporaryDirectory(prefix="sscontrol-bench-") as tmp:
         for conns, window in ((200, 1), (2000, 16)):
             for client in ("raw", "ws"):

@@ -118,7 +118,7 @@ class Field:
 # the shipped example all derive from it.
 FIELDS: tuple[Field, ...] = (
     # [server]
-    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",)),
+    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",)),  # nosec B104  # it serves remote peers; start-up warns when auth or TLS is off on it
     Field("port", "server", _int_range(0, 65535), 8443, "Port of the public listener.", ("SIGNALING_PORT",)),
     Field("tls_cert", "server", _optional_str, None,
           "PEM file with the certificate and its chain (leaf first). Unset: plain ws://.",
@@ -221,7 +221,8 @@ FIELDS: tuple[Field, ...] = (
     # [turn]
     Field("turn_secrets", "turn", _list, (), "coturn static-auth-secret values; the first signs, all are "
           "listed for rotation. Empty: /turn answers 404. Prefer turn_secret_file (re-read on every "
-          "reload) or the credential turn_secrets (read at start: restart to change).", ("TURN_PASSWORD",), secret=True),
+          "reload) or the credential turn_secrets (read at start: restart to change).", ("TURN_PASSWORD",),
+          secret=True),
     Field("turn_secret_file", "turn", _optional_str, None, "File with one TURN secret per line, added to "
           "turn_secrets. Re-read on every reload (rotation without a restart)."),
     Field("turn_uris", "turn", _list, (), "TURN/STUN URIs handed to clients, e.g. "
@@ -250,7 +251,8 @@ FIELDS: tuple[Field, ...] = (
     Field("session_body_max_bytes", "sessions", _int_range(1024), 65536,
           "Largest HTTP request body, on every path of both listeners (a larger Content-Length "
           "gets 413 before the body is read; a chunked body is cut at it)."),
-    Field("session_rate_per_minute", "sessions", _int_range(1), 120, "REST requests per minute from one client address."),
+    Field("session_rate_per_minute", "sessions", _int_range(1), 120,
+          "REST requests per minute from one client address."),
     Field("cors_origins", "sessions", parse_origins, ("*",),
           "Deprecated: set allowed_origins, which drives the CORS answer too. Alone, it keeps its old "
           "meaning: the origins named in the CORS answer of the REST API and /turn, none refused."),
@@ -307,7 +309,7 @@ class ConfigWarning:
 CREDENTIAL_FIELDS = tuple(f.name for f in FIELDS if f.secret)
 # The setting naming a file that holds more of each secret.
 SECRET_FILE_KEYS = {"api_keys": "api_key_file", "turn_secrets": "turn_secret_file",
-                    "redis_password": "redis_password_file"}
+                    "redis_password": "redis_password_file"}  # nosec B105  # setting names, not secrets
 
 Settings = dataclasses.make_dataclass(
     "Settings",
@@ -401,7 +403,7 @@ def _is_placeholder(path: str) -> bool:
         return False
 
 
-_WHAT = {"api_keys": "API key", "turn_secrets": "TURN secret", "redis_password": "Redis password"}
+_WHAT = {"api_keys": "API key", "turn_secrets": "TURN secret", "redis_password": "Redis password"}  # nosec B105  # what each is called in messages
 
 
 def load(

@@ -100,7 +100,7 @@ def drain(node, factory, notifier, clock, deadline: float, spread: float = 5.0) 
     notifier.stopping(f"draining {len(factory.open_connections)} connections")
     events.emit("info", "drain.start", connections=len(factory.open_connections), deadline=deadline)
     for proto in list(factory.open_connections):
-        hint = int(random.uniform(0.5, max(0.5, spread)) * 1000)  # spread the reconnects
+        hint = int(random.uniform(0.5, max(0.5, spread)) * 1000)  # nosec B311  # spreads reconnects: no secret
         reason = f"server restarting; reconnect_in_ms={hint}"
         if proto.client is not None:
             proto.client.release(CLOSE_SERVICE_RESTART, reason)

@@ -1,4 +1,6 @@
-"""Metrics for the per-message path, exported through prometheus_client.
+"""The daemon's Prometheus metrics: the domain's, recorded through
+``PrometheusRecorder`` (the domain itself imports no prometheus_client), and the
+classes for the per-message path.
 
 prometheus_client's counters and histograms take a lock and make several calls
 on every update: about a microsecond, which at tens of thousands of messages a
@@ -13,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 
+from prometheus_client import Counter, Gauge
 from prometheus_client.core import REGISTRY, CounterMetricFamily, HistogramMetricFamily
 
 
@@ -58,9 +61,51 @@ class LatencyHistogram:
 
     def collect(self):
         cumulative, buckets = 0, []
-        for bound, count in zip(self.bounds + (float("inf"),), list(self.counts)):
+        for bound, count in zip(self.bounds + (float("inf"),), list(self.counts), strict=True):
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
         family = HistogramMetricFamily(self.name, self.documentation)
         family.add_metric([], buckets, sum_value=self.sum)
         yield family
+
+
+# The domain's metrics (sscontrold.domain.metrics.Recorder says when each moves).
+MESSAGES = MessageCounter("sscontrol_messages_total", "WebSocket messages received, by type "
+                          "(invalid, unknown and rate_limited for the ones refused before dispatch).", "type")
+ERRORS = Counter("sscontrol_errors_total", "Errors answered to clients and internal errors, by reason.", ["reason"])
+AUTH = Counter("sscontrol_auth_total", "Authentication attempts by result and reason.", ["result", "reason"])
+ROOMS = Gauge("sscontrol_rooms", "Rooms with at least one member on this node.")
+RESUMES = Counter("sscontrol_resumes_total", "Resume attempts by result.", ["result"])
+RELAY_FAILURES = Counter("sscontrol_cluster_relay_failures_total",
+                         "Messages to a peer on another node not delivered, each reported to its sender, "
+                         "by code.", ["code"])
+SESSIONS = Gauge("sscontrol_sessions", "REST pairing sessions held (live, not expired).")
+
+
+class PrometheusRecorder:
+    """The domain's ``Recorder``, onto the metrics above (all values are from fixed
+    sets of literals in the code: low cardinality)."""
+
+    def __init__(self) -> None:
+        self.messages = MESSAGES.counts
+
+    def error(self, reason: str) -> None:
+        ERRORS.labels(reason).inc()
+
+    def auth(self, result: str, reason: str) -> None:
+        AUTH.labels(result, reason).inc()
+
+    def resume(self, result: str) -> None:
+        RESUMES.labels(result).inc()
+
+    def rooms(self, delta: int) -> None:
+        ROOMS.inc(delta)
+
+    def relay_failure(self, code: str) -> None:
+        RELAY_FAILURES.labels(code).inc()
+
+    def sessions(self, held: int) -> None:
+        SESSIONS.set(held)
+
+
+PROMETHEUS = PrometheusRecorder()

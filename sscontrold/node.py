@@ -13,8 +13,10 @@ from .domain.admin import Administration
 from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
 from .domain.client import Client, MessageLimits
 from .domain.limits import ConnectionCounter, FailureGuard
+from .domain.metrics import Recorder
 from .domain.cluster import ClusterHub
 from .domain.rooms import HoldLimits, Hub
+from .metrics import PROMETHEUS
 
 
 log = Logger(namespace="sscontrold.node")
@@ -76,15 +78,16 @@ def hold_limits(settings) -> HoldLimits:
 
 
 class SignalingNode:
-    def __init__(self, settings, clock, events, nonces=None, cluster=None):
+    def __init__(self, settings, clock, events, nonces=None, cluster=None, recorder: Recorder = PROMETHEUS):
         self.clock = clock
         self.events = events
         self.settings = settings
+        self.recorder = recorder  # where the domain's metrics go
         if cluster is None:
-            self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings))
+            self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings), recorder)
         else:  # rooms shared with other nodes through the cluster store
             self.hub = ClusterHub(settings.max_peers_per_room, clock, hold_limits(settings), cluster, spawn, events,
-                                  lambda timeout: Waiter(clock, timeout))
+                                  lambda timeout: Waiter(clock, timeout), recorder)
             cluster.hub = self.hub
         self.nonces = nonces or MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
@@ -105,7 +108,7 @@ class SignalingNode:
 
     def new_client(self, connection, address: str) -> Client:
         return Client(connection, self.hub, self.authenticator, self.limits, self.clock,
-                      self.events, address, self.extensions, spawn, self.failures)
+                      self.events, address, self.extensions, spawn, self.failures, self.recorder)
 
     def apply(self, settings) -> None:
         """Take new settings: new connections (and new messages) see them; none is closed."""

@@ -28,7 +28,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .domain.auth import AuthRefused, MemoryNonceStore
+from .domain.auth import MemoryNonceStore
 from .domain.cluster import ClusterUnavailable
 from .domain.compare import same_secret
 from .logging import Events
@@ -71,7 +71,7 @@ RECONNECT_CAP = 1.0  # seconds: recovery after Redis returns must not depend on 
 def reconnect_delay(attempt: int) -> float:
     """Capped exponential back-off with jitter (50-100 % of the step), so nodes that
     lost Redis together do not all knock at once, and none waits more than a second."""
-    return min(RECONNECT_CAP, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+    return min(RECONNECT_CAP, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)  # nosec B311  # jitter, no secret
 
 
 def describe_failure(failure, timeout: float) -> str:
@@ -438,7 +438,7 @@ LATE_MARGIN = 0.5  # the sender waits this much longer than the receiver accepts
 
 def _pairs(flat) -> dict[str, str]:
     flat = list(flat or ())
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=False))  # an odd last item has no value: dropped
 
 
 class _LinkProtocol(txredisapi.RedisProtocol):

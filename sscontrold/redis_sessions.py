@@ -36,10 +36,12 @@ import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from .domain.metrics import Recorder
 from .domain.sessions import (
-    EXCEEDED, NOT_COUNTED, SESSIONS_GAUGE, TOMBSTONE_SECONDS, Conflict, Gone, NotFound, Session,
+    EXCEEDED, NOT_COUNTED, TOMBSTONE_SECONDS, Conflict, Gone, NotFound, Session,
     SessionError, SessionLimits, StoreFull, TooManyAttempts, answer_change, count_attempt, ice_change,
     new_session, quota_exceeded, validate_session_id)
+from .metrics import PROMETHEUS
 from .redis import RedisLink, RedisUnavailable
 
 log = Logger(namespace="sscontrold.redis_sessions")
@@ -103,17 +105,18 @@ class SessionsBusy(SessionError):
 
 
 def _sha1(raw: str) -> str:
-    return hashlib.sha1(raw.encode("utf-8")).hexdigest()
+    """A fingerprint of what was read, compared with Redis's redis.sha1hex (CAS): no secret."""
+    return hashlib.sha1(raw.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 class RedisSessionStore:
     """The SessionStore operations on Redis, returning Deferreds. ``limits_getter``
     returns the current SessionLimits (read at every operation)."""
 
-    def __init__(self, link: RedisLink, limits_getter: Callable[[], SessionLimits], gauge=SESSIONS_GAUGE):
+    def __init__(self, link: RedisLink, limits_getter: Callable[[], SessionLimits], recorder: Recorder = PROMETHEUS):
         self._link = link
         self._limits = limits_getter
-        self._gauge = gauge
+        self._recorder = recorder
         self._count: int | None = None
         self._counting = False
         self._index = f"{link.prefix}sessions"
@@ -213,8 +216,7 @@ class RedisSessionStore:
             self._count = None
             return
         self._count = int(count)
-        if self._gauge is not None:
-            self._gauge.set(self._count)
+        self._recorder.sessions(self._count)
 
     def _counted(self, _):
         self._counting = False

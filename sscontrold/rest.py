@@ -332,9 +332,9 @@ class SessionAPI:
         self._settings = node.settings
         self.limits = session_limits(node.settings)
         if redis is None:
-            self.store = SessionStore(node.clock.seconds, self.limits)
+            self.store = SessionStore(node.clock.seconds, self.limits, node.recorder)
         else:
-            self.store = RedisSessionStore(redis, lambda: self.limits)
+            self.store = RedisSessionStore(redis, lambda: self.limits, node.recorder)
         self.rate = AddressRateLimiter(node.clock.seconds, node.settings.session_rate_per_minute)
         self.quota_log = AddressRateLimiter(node.clock.seconds, 1)
         self.resource = SessionResource(self)

@@ -88,7 +88,8 @@ class Listener(Service):
             reason = result.value if result is not None and hasattr(result, "value") else "did not bind"
             if isinstance(reason, CannotListenError):
                 reason = getattr(reason.socketError, "strerror", None) or reason.socketError
-            address = f"[{self.host}]:{self.requested_port}" if ":" in self.host else f"{self.host}:{self.requested_port}"
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            address = f"{host}:{self.requested_port}"
             key = "admin_host/admin_port" if self.name == "admin" else "host/port"
             raise SystemExit(f"sscontrol-signaling: cannot listen for {self.name} on {address} ({key}): {reason}")
         self._port = result

@@ -57,7 +57,8 @@ def load_certificate_options(cert_path: str, key_path: str) -> CertificateOption
         context.use_privatekey(key)
         context.check_privatekey()
     except SSL.Error:
-        raise ConfigError(f"invalid setting tls_key: {key_path} does not match the certificate in {cert_path}") from None
+        message = f"invalid setting tls_key: {key_path} does not match the certificate in {cert_path}"
+        raise ConfigError(message) from None
     return CertificateOptions(
         privateKey=key,
         certificate=chain[0],

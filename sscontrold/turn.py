@@ -26,7 +26,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.auth import AuthRefused
 from .domain.compare import same_secret
-from .domain.client import AUTH, BadMessage, Client
+from .domain.client import BadMessage, Client
+from .metrics import AUTH
 from .protocol import client_address
 from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
 
@@ -275,8 +276,8 @@ class TurnResource(JSONResource):
             AUTH.labels("accepted", "token").inc()
             return device_id
         self._refused(address, "missing_credentials")
-        raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key "
-                                              "(Authorization: Bearer or X-API-Key; key= or api= are legacy) or an HMAC token")
+        raise HTTPError(http.UNAUTHORIZED, "authentication required: an API key (Authorization: Bearer "
+                                           "or X-API-Key; key= or api= are legacy) or an HMAC token")
 
     def _refused(self, address: str, reason: str, device_id: str | None = None) -> None:
         AUTH.labels("refused", reason).inc()

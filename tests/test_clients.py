@@ -24,7 +24,6 @@ import shutil
 import socket
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect as async_connect

@@ -68,7 +68,7 @@ def test_kick_on_node_a_closes_a_peer_on_node_b(two_nodes, capsys):
     assert status == 1 and "no such peer (HTTP 404)" in err
 
     # who, what, where: on the node asked and on the node that acted; no secret
-    assert f"admin.kick actor=\"127.0.0.1:" in a_node.log() and "ctl user=" in a_node.log()
+    assert "admin.kick actor=\"127.0.0.1:" in a_node.log() and "ctl user=" in a_node.log()
     assert f"peer_id={b_id}" in a_node.log() and "reason=\"support session over\"" in a_node.log()
     assert "admin.applied" in b_node.log() and "action=kick" in b_node.log()
 

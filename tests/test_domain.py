@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
 
 from sscontrold.domain.auth import Authenticator, AuthPolicy, AuthRefused, MemoryNonceStore, compute_token
-from sscontrold.domain.client import Client, MessageLimits
+from sscontrold.domain.client import Client, MessageLimits, Outcome
 from sscontrold.domain.limits import ConnectionCounter, TokenBucket
+from sscontrold.domain.metrics import MemoryRecorder
 from sscontrold.domain.rooms import Hub, NotInRoom, RoomFull, UnknownPeer
 
 
@@ -35,25 +38,40 @@ class NullEvents:
         self.events.append((level, event, fields))
 
 
-def make_client(hub, clock, keys=(), limits=MessageLimits(), nonces=None):
+def make_client(hub, clock, keys=(), limits=MessageLimits(), nonces=None, recorder=None):
     auth = Authenticator(AuthPolicy(api_keys=tuple(keys)), nonces or MemoryNonceStore(clock.seconds, 1000),
                          clock.seconds)
     conn = FakeConnection()
-    return Client(conn, hub, auth, limits, clock, NullEvents(), "192.0.2.1"), conn
+    return Client(conn, hub, auth, limits, clock, NullEvents(), "192.0.2.1", recorder=recorder), conn
 
 
 def send(client, message):
     return client.receive(json.dumps(message).encode())
 
 
-def test_domain_imports_neither_twisted_nor_autobahn():
-    for path in Path(__file__).resolve().parent.parent.joinpath("sscontrold/domain").glob("*.py"):
+FRAMEWORKS = ("twisted", "autobahn", "prometheus_client")
+DOMAIN = Path(__file__).resolve().parent.parent / "sscontrold" / "domain"
+
+
+def test_domain_imports_neither_twisted_autobahn_nor_prometheus_client():
+    for path in DOMAIN.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith(("twisted", "autobahn")), (path.name, name)
+                assert not name.startswith(FRAMEWORKS), (path.name, name)
+            # nor the adapter's modules (sscontrold.metrics imports prometheus_client)
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1 and not (node.module or "").startswith("sscontrold"), (path.name, node.module)
+
+
+def test_domain_loads_no_framework_even_indirectly():
+    modules = ", ".join(f"sscontrold.domain.{p.stem}" for p in sorted(DOMAIN.glob("*.py")) if p.stem != "__init__")
+    code = (f"import sys, {modules}\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded
 
 
 # --- Hub
@@ -131,7 +149,8 @@ def test_authenticator_window_skew_replay_rotation_allowlist():
     verify(key="k2", nonce="b")
     verify(ts=now + 30, nonce="c")
     verify(ts=now - 300, nonce="d")
-    for kwargs, reason in [({"key": "zz", "nonce": "e"}, "bad_token"), ({"ts": now + 31, "nonce": "f"}, "timestamp_future"),
+    for kwargs, reason in [({"key": "zz", "nonce": "e"}, "bad_token"),
+                           ({"ts": now + 31, "nonce": "f"}, "timestamp_future"),
                            ({"ts": now - 301, "nonce": "g"}, "timestamp_expired"), ({"nonce": "a"}, "replay"),
                            ({"device": "x", "nonce": "h"}, "device_not_allowed")]:
         with pytest.raises(AuthRefused) as e:
@@ -199,7 +218,7 @@ def test_client_auth_deadline_and_failures():
     now = int(clock.seconds())
     good = {"type": "auth", "device_id": "d", "timestamp": now, "nonce": "n1",
             "token": compute_token("k", "d", now, "n1")}
-    assert send(client, good) == "auth"
+    assert send(client, good) is Outcome.HANDLED
     assert conn.sent[-1]["type"] == "auth_success" and client.authenticated
     clock.advance(100)
     assert conn.closed_with is None  # the deadline was cancelled
@@ -232,3 +251,47 @@ def test_client_sizes_are_measured_in_bytes():
     send(b, {"type": "join", "room_id": "r"})
     send(a, {"type": "offer", "to": b.peer_id, "sdp": "é" * 6})  # 12 bytes
     assert a_conn.sent[-1]["code"] == "too_long"
+
+
+def test_receive_says_what_became_of_each_message_and_counts_it():
+    clock, recorder = Clock(), MemoryRecorder()
+    hub = Hub(4, recorder=recorder)
+    a, a_conn = make_client(hub, clock, recorder=recorder)
+    b, _ = make_client(hub, clock, recorder=recorder)
+    assert send(a, {"type": "ice", "to": b.peer_id, "candidate": "", "sdp_mid": "0",
+                    "sdp_mline_index": 0}) is Outcome.REFUSED  # not in a room yet
+    assert a_conn.sent[-1]["code"] == "not_in_room"
+    assert send(a, {"type": "join", "room_id": "r"}) is Outcome.HANDLED
+    assert send(b, {"type": "join", "room_id": "r"}) is Outcome.HANDLED
+    assert send(a, {"type": "offer", "to": b.peer_id, "sdp": "s"}) is Outcome.RELAYED
+    assert send(b, {"type": "answer", "to": a.peer_id, "sdp": "s"}) is Outcome.RELAYED
+    assert send(a, {"type": "ice", "to": b.peer_id, "candidate": "c", "sdp_mid": "0",
+                    "sdp_mline_index": 0}) is Outcome.RELAYED
+    assert send(a, {"type": "offer", "to": "peer_nobody", "sdp": "s"}) is Outcome.REFUSED
+    assert send(a, {"type": "offer", "to": a.peer_id, "sdp": "s"}) is Outcome.REFUSED
+    assert send(a, {"type": "nope"}) is Outcome.REFUSED
+    assert a.receive(b"{not json") is Outcome.REFUSED
+    assert a.receive(b"\xff") is Outcome.REFUSED  # not UTF-8: closed with 1007
+    assert a_conn.closed_with == (1007, "invalid UTF-8 in a text message")
+    assert send(a, {"type": "join", "room_id": "r"}) is Outcome.REFUSED  # closing: ignored
+
+    assert recorder.messages == {"ice": 2, "join": 2, "offer": 3, "answer": 1, "unknown": 1, "invalid": 2}
+    assert recorder.errors == {"not_in_room": 1, "unknown_peer": 1, "self_relay": 1, "unknown_type": 1,
+                               "bad_message": 1, "invalid_utf8": 1}
+    assert recorder.room_count == 1
+    b.disconnected()
+    a.disconnected()
+    assert recorder.room_count == 0
+
+
+def test_auth_and_resume_are_recorded():
+    clock, recorder = Clock(), MemoryRecorder()
+    hub = Hub(4, clock, recorder=recorder)
+    client, conn = make_client(hub, clock, keys=("k",), recorder=recorder)
+    now = int(clock.seconds())
+    send(client, {"type": "auth", "device_id": "d", "timestamp": now, "nonce": "n1", "token": "0" * 64})
+    send(client, {"type": "auth", "device_id": "d", "timestamp": now, "nonce": "n2",
+                  "token": compute_token("k", "d", now, "n2")})
+    assert set(recorder.auths) == {("refused", "bad_token"), ("accepted", "token")}
+    assert send(client, {"type": "resume", "resume_token": "nope"}) is Outcome.REFUSED
+    assert recorder.resumes == {"unknown_token": 1}

@@ -8,7 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from sscontrold.domain.cluster import ClusterHub, ClusterUnavailable
-from sscontrold.domain.rooms import HoldLimits
+from sscontrold.domain.rooms import HoldLimits, RoomFull
 from sscontrold.node import Waiter
 
 
@@ -196,7 +196,7 @@ def test_unavailable_store_serves_what_one_node_can_alone(nodes):
     assert h1.join(e, "local") == ["c", "c2"]  # a room this node serves alone: joined here
     assert c.got[-1] == {"type": "new_peer", "peer_id": "e"}
     assert h1.join(M("f"), "new") == []  # a new room too
-    with pytest.raises(Exception):  # the room limit holds (3)
+    with pytest.raises(RoomFull):  # the room limit holds (3)
         h1.join(M("g"), "local")
 
 

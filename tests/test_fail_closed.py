@@ -95,7 +95,7 @@ def test_reload_with_emptied_secret_files_is_refused_and_the_running_keys_stay(d
         emptied.write_text("# half-done rotation\n")
         before = d.log().count("reload.failed")
         d.signal(signal.SIGHUP)
-        wait_for(lambda: d.log().count("reload.failed") > before)
+        wait_for(lambda before=before: d.log().count("reload.failed") > before)
         failed = [line for line in d.log().splitlines() if "reload.failed" in line][-1]
         assert f"invalid setting {key}" in failed and f"holds no {what}" in failed and str(emptied) in failed
         assert "kept the running configuration" in failed

@@ -9,11 +9,10 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, http, http_json
+from conftest import ROOT, http
 from sscontrold.cgroup import read_memory
 from test_admin import present, scrape, value
 from wsclient import RawPeer, auth_message, connect
@@ -141,7 +140,7 @@ def test_every_alert_is_complete_and_unit_tested():
 def test_runbook_anchors_exist_in_the_operations_docs():
     docs = ROOT / "docs" / "operations"
     targets = {}
-    for name, block in alerts().items():
+    for block in alerts().values():
         doc, anchor = re.search(r'runbook_url: "docs/operations/([\w-]+\.md)#(\S+)"', block).groups()
         targets.setdefault(doc, set()).add(anchor)
     missing_docs = [doc for doc in targets if not (docs / doc).exists()]

@@ -395,7 +395,7 @@ def test_sysctl_file_applies_in_a_private_network_namespace(tmp_path):
     result = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     applied = [" ".join(line.split()) for line in result.stdout.splitlines()]
-    assert applied == [v for _, v in local], list(zip(local, applied))
+    assert applied == [v for _, v in local], list(zip(local, applied, strict=False))
     global_only = [k for k, _, _ in settings if k not in namespaced]
     result = subprocess.run(["sysctl", "-n", *global_only], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

@@ -22,8 +22,8 @@ import pytest
 from conftest import ROOT
 from sscontrold import config
 from sscontrold.domain import auth as auth_module
-from sscontrold.domain.client import BadMessage, Client
 from sscontrold.domain.admin import Administration
+from sscontrold.domain.client import BadMessage
 from sscontrold.domain.cluster import UNDELIVERED
 from sscontrold.domain.sessions import SessionError
 from sscontrold.protocol import RESUMABLE_CLOSE_CODES
@@ -233,7 +233,7 @@ def server_messages(files: dict[str, str]) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(text)):
             if not isinstance(node, ast.Dict):
                 continue
-            keys = {k.value: v for k, v in zip(node.keys, node.values) if k is not None and _const(k)}
+            keys = {k.value: v for k, v in zip(node.keys, node.values, strict=True) if k is not None and _const(k)}
             kind = keys.get("type")
             if kind is not None and _const(kind):
                 out.setdefault(kind.value, set()).update(k for k in keys if k != "type")

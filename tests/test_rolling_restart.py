@@ -136,7 +136,7 @@ def test_rolling_restart_loses_nothing(daemon_factory, redis_server, tmp_path):
     all_nodes = nodes_started
     for e in endpoints:
         if e.received != list(range(partner[e].sent)):
-            with open(tmp_path / "rolling-restart.log", "w") as f:  # the nodes' logs, for the diagnosis  # the nodes' logs, for the diagnosis
+            with open(tmp_path / "rolling-restart.log", "w") as f:  # the nodes' logs, for the diagnosis
                 f.write(f"{e.name} {e.peer_id} partner {partner[e].name} {partner[e].peer_id}\n")
                 missing = sorted(set(range(partner[e].sent)) - set(e.received))
                 f.write(f"missing {missing}\n")

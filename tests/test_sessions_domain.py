@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY
 
 from sscontrold.domain import sessions as S
+from sscontrold.domain.metrics import MemoryRecorder
 from sscontrold.domain.sessions import SessionLimits, SessionStore
 
 T0 = 1_700_000_000.25
@@ -333,7 +333,7 @@ def test_tombstones_are_bounded(store, clock, monkeypatch):
 
 
 def test_expiry_heap_survives_churn(store, clock):
-    for i in range(3000):
+    for _ in range(3000):
         store.create(body("x", ttl=3600))
         store.delete("x")
     assert len(store._expiry) <= 2 * len(store) + 1025
@@ -343,10 +343,11 @@ def test_expiry_heap_survives_churn(store, clock):
 
 
 def test_gauge_tracks_live_sessions(clock):
-    store = SessionStore(clock)
+    recorder = MemoryRecorder()
+    store = SessionStore(clock, recorder=recorder)
 
     def gauge():
-        return REGISTRY.get_sample_value("sscontrol_sessions")
+        return recorder.sessions_held
 
     assert gauge() == 0
     store.create(body("a", ttl=5))

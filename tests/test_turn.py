@@ -293,7 +293,8 @@ def test_open_when_auth_is_off_and_404_when_not_configured(daemon_factory):
     bare = daemon_factory()
     for method in ("GET", "POST"):
         status, _, data = http(method, query(bare.base, key="x"), b"" if method == "POST" else None)
-        assert status == 404 and json.loads(data) == {"success": False, "error": "TURN is not configured", "code": "turn_unavailable"}
+        assert status == 404 and json.loads(data) == {"success": False, "error": "TURN is not configured",
+                                                      "code": "turn_unavailable"}
     p = connect(bare.ws)
     assert p.request({"type": "turn"}) == {"type": "error", "message": "TURN is not configured",
                                            "code": "turn_unavailable"}

@@ -8,6 +8,7 @@ an injected clock.
 
 from __future__ import annotations
 
+import enum
 import secrets
 from collections import deque
 from contextlib import contextmanager
@@ -15,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import orjson
-from prometheus_client import Counter
 
-from ..metrics import MessageCounter
 from .auth import Authenticator, AuthRefused
 from .cluster import ClusterUnavailable, undelivered_error
 from .limits import FailureGuard, TokenBucket
+from .metrics import MemoryRecorder, Recorder
 from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
@@ -32,10 +32,18 @@ MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
 
 MAX_WAITING = 64  # messages kept in order behind a step that waits on Redis
 
-MESSAGES = MessageCounter("sscontrol_messages_total", "WebSocket messages received, by type "
-                          "(invalid, unknown and rate_limited for the ones refused before dispatch).", "type")
-ERRORS = Counter("sscontrol_errors_total", "Errors answered to clients and internal errors, by reason.", ["reason"])
-AUTH = Counter("sscontrol_auth_total", "Authentication attempts by result and reason.", ["result", "reason"])
+
+
+class Outcome(enum.Enum):
+    """What became of a message ``Client.receive`` was given."""
+
+    HANDLED = "handled"  # acted on here (answered, or nothing to answer)
+    RELAYED = "relayed"  # delivered to a peer of the room (or handed to the cluster for it)
+    PENDING = "pending"  # waits on the cluster store, or behind a step that does
+    REFUSED = "refused"  # answered with an error, or dropped (over the rate, closing)
+
+
+HANDLED, RELAYED, PENDING, REFUSED = Outcome.HANDLED, Outcome.RELAYED, Outcome.PENDING, Outcome.REFUSED
 
 
 def _is_utf8(payload: bytes) -> bool:
@@ -102,6 +110,7 @@ class Client:
         extensions: dict[str, Callable[["Client", dict], None]] | None = None,
         spawn: Callable[[Any], None] | None = None,
         failures: FailureGuard | None = None,
+        recorder: Recorder | None = None,
     ):
         self.connection = connection
         self.hub = hub
@@ -114,7 +123,8 @@ class Client:
         self.device_id: str | None = None
         self.authenticated = not authenticator.enabled
         self.closed = False
-        self.relayed = False  # whether the last message received was delivered to a peer
+        self.recorder = recorder if recorder is not None else MemoryRecorder()
+        self._messages = self.recorder.messages  # counted per message: one lookup less
         self._released = False  # asked to reconnect; its connection is still closing
         self._closing = False  # closed by the server for cause
         self._auth_failures = 0
@@ -141,7 +151,7 @@ class Client:
             self.connection.send(message)
 
     def send_error(self, message: str, code: str) -> None:
-        ERRORS.labels(code).inc()  # codes are a fixed set of literals: low cardinality
+        self.recorder.error(code)  # codes are a fixed set of literals: low cardinality
         self.send({"type": "error", "message": message, "code": code})
 
     def close(self, code: int, reason: str) -> None:
@@ -174,21 +184,19 @@ class Client:
 
     # --- from the peer
 
-    def receive(self, payload: bytes, is_binary: bool = False) -> str:
-        """Handle one WebSocket message; return its type label ("queued" if it waits
-        behind a step that is still under way, to keep the client's order)."""
-        self.relayed = False
+    def receive(self, payload: bytes, is_binary: bool = False) -> Outcome:
+        """Handle one WebSocket message and say what became of it. One waits (PENDING)
+        behind a step still under way, to keep the client's order; it is counted
+        when its turn comes."""
         if self._closing:
-            return "closing"
+            return REFUSED
         if self._waiting is not None:
             if len(self._waiting) >= MAX_WAITING:
                 self.close(CLOSE_POLICY_VIOLATION, "too many messages while the server was busy")
-                return "rate_limited"
+                return REFUSED
             self._waiting.append((payload, is_binary))
-            return "queued"
-        kind = self._dispatch(payload, is_binary)
-        MESSAGES.counts[kind] += 1  # kinds are handler names and a few labels: a bounded set
-        return kind
+            return PENDING
+        return self._dispatch(payload, is_binary)
 
     def receive_control(self, kind: str) -> bool:
         """A ping or pong from the peer: it counts against the message rate like any
@@ -196,7 +204,7 @@ class Client:
         if self._closing:
             return False
         allowed = self._rate_ok()
-        MESSAGES.counts[kind if allowed else "rate_limited"] += 1
+        self._messages[kind if allowed else "rate_limited"] += 1
         return allowed
 
     def _rate_ok(self) -> bool:
@@ -206,53 +214,67 @@ class Client:
         self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, action=verdict)
         if verdict == "close":
-            ERRORS.labels("rate_limit_close").inc()
+            self.recorder.error("rate_limit_close")
             self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         else:
             self.send_error("rate limit exceeded: slow down", "rate_limited")
         return False
 
-    def _dispatch(self, payload: bytes, is_binary: bool) -> str:
+    def _dispatch(self, payload: bytes, is_binary: bool) -> Outcome:
+        # Each message is counted once by its type label (handler names and a few
+        # labels: a bounded set), inline: this is the relay path.
+        messages = self._messages
         if not self._rate_ok():
-            return "rate_limited"
+            messages["rate_limited"] += 1
+            return REFUSED
         if is_binary:
+            messages["invalid"] += 1
             self.send_error("binary frames are not supported: send JSON text frames", "bad_message")
-            return "invalid"
+            return REFUSED
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
+            messages["invalid"] += 1
             # The transport leaves UTF-8 to the parser; a text message that is not
             # UTF-8 breaks the WebSocket protocol itself (RFC 6455 8.1).
             if not _is_utf8(payload):
-                ERRORS.labels("invalid_utf8").inc()
+                self.recorder.error("invalid_utf8")
                 self.close(CLOSE_INVALID_PAYLOAD, "invalid UTF-8 in a text message")
-                return "invalid"
+                return REFUSED
             self.send_error("invalid JSON", "bad_message")
-            return "invalid"
+            return REFUSED
         if not isinstance(message, dict):
+            messages["invalid"] += 1
             self.send_error("a message must be a JSON object", "bad_message")
-            return "invalid"
+            return REFUSED
         kind = message.get("type")
         if not isinstance(kind, str):
+            messages["invalid"] += 1
             self.send_error("missing or non-string field 'type'", "bad_message")
-            return "invalid"
+            return REFUSED
         handler = getattr(self, "handle_" + kind, None) if kind.isidentifier() else None
         extension = self._extensions.get(kind)
         if handler is None and extension is None:
+            messages["unknown"] += 1
             self.send_error(f"unknown message type {kind[:32]!r}", "unknown_type")
-            return "unknown"
+            return REFUSED
+        messages[kind] += 1
         if kind != "auth" and not self.authenticated:
             self.send_error("authentication required", "auth_required")
-            return kind
+            return REFUSED
         try:
             step = handler(message) if handler is not None else extension(self, message)
         except BadMessage as e:
             self.send_error(e.message, e.code)
-            return kind
-        if step is not None:  # a coroutine: it waits on the cluster store
-            self._waiting = deque()
-            self._spawn(self._finish(step))
-        return kind
+            return REFUSED
+        if step is None:
+            return HANDLED
+        if isinstance(step, Outcome):  # a relay: delivered, or answered with an error
+            return step
+        # a coroutine: it waits on the cluster store
+        self._waiting = deque()
+        self._spawn(self._finish(step))
+        return PENDING
 
     async def _finish(self, step) -> None:
         try:
@@ -337,7 +359,7 @@ class Client:
         nonce = self._str(message, "nonce", limit)
         token = self._str(message, "token", 128)
         if not self.authenticator.enabled:
-            AUTH.labels("accepted", "auth_disabled").inc()
+            self.recorder.auth("accepted", "auth_disabled")
             self.device_id = device_id
             self.send({"type": "auth_success", "message": "authentication is disabled on this server"})
             return None
@@ -345,7 +367,7 @@ class Client:
         if failures is not None and failures.throttle.retry_after(self.address) > 0:
             # Too many failures from this address of late: not even checked.
             failures.throttle.failed(self.address)
-            AUTH.labels("refused", "throttled").inc()
+            self.recorder.auth("refused", "throttled")
             failures.emit(self.events, "warn", "auth.throttled", address=self.address, via="websocket")
             self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts from your address")
             return None
@@ -369,7 +391,7 @@ class Client:
 
     def _auth_refused(self, device_id: str, refused: AuthRefused) -> None:
         self._auth_failures += 1
-        AUTH.labels("refused", refused.reason).inc()
+        self.recorder.auth("refused", refused.reason)
         if self._failures is not None:
             self._failures.throttle.failed(self.address)
             self._failures.emit(self.events, "warn", "auth.refused", address=self.address, device_id=device_id,
@@ -382,7 +404,7 @@ class Client:
             self.close(CLOSE_POLICY_VIOLATION, "too many failed authentication attempts")
 
     def _auth_accepted(self, device_id: str) -> None:
-        AUTH.labels("accepted", "token").inc()
+        self.recorder.auth("accepted", "token")
         self.authenticated = True
         self.device_id = device_id
         if self._auth_deadline is not None and self._auth_deadline.active():
@@ -465,43 +487,44 @@ class Client:
         for held in resumed.held:
             self.send(held)
 
-    def handle_offer(self, message: dict) -> None:
-        self._relay_sdp("offer", message)
+    def handle_offer(self, message: dict) -> Outcome:
+        return self._relay_sdp("offer", message)
 
-    def handle_answer(self, message: dict) -> None:
-        self._relay_sdp("answer", message)
+    def handle_answer(self, message: dict) -> Outcome:
+        return self._relay_sdp("answer", message)
 
-    def handle_ice(self, message: dict) -> None:
+    def handle_ice(self, message: dict) -> Outcome:
         to = self._str(message, "to", self.limits.max_id_length)
         candidate = self._str(message, "candidate", self.limits.max_candidate_bytes,
                               allow_empty=True, measure_bytes=True)
         sdp_mid = self._str(message, "sdp_mid", self.limits.max_id_length, allow_empty=True)
         index = self._int(message, "sdp_mline_index", 0, 65535)
-        self._relay(to, {"type": "ice", "from": self.peer_id, "to": to, "candidate": candidate,
+        return self._relay(to, {"type": "ice", "from": self.peer_id, "to": to, "candidate": candidate,
                          "sdp_mid": sdp_mid, "sdp_mline_index": index})
 
-    def _relay_sdp(self, kind: str, message: dict) -> None:
+    def _relay_sdp(self, kind: str, message: dict) -> Outcome:
         to = self._str(message, "to", self.limits.max_id_length)
         sdp = self._str(message, "sdp", self.limits.max_sdp_bytes, measure_bytes=True)
-        self._relay(to, {"type": kind, "from": self.peer_id, "to": to, "sdp": sdp})
+        return self._relay(to, {"type": kind, "from": self.peer_id, "to": to, "sdp": sdp})
 
-    def _relay(self, to: str, message: dict) -> None:
+    def _relay(self, to: str, message: dict) -> Outcome:
         if to == self.peer_id:  # it would only fill the sender's own queue
             raise BadMessage("cannot relay a message to yourself", "self_relay")
         try:
             self.hub.relay(self, to, message)
-            self.relayed = True
         except NotInRoom:
             raise BadMessage("join a room first", "not_in_room") from None
         except UnknownPeer:
             raise BadMessage("unknown peer: no such peer in your room", "unknown_peer") from None
         except ClusterUnavailable:  # answered with the message's type and target, as a later failure is
-            ERRORS.labels("cluster_unavailable").inc()
+            self.recorder.error("cluster_unavailable")
             self.send(undelivered_error(message["type"], to, "cluster_unavailable"))
+            return REFUSED
+        return RELAYED
 
     def _auth_timed_out(self) -> None:
         self._auth_deadline = None
         if not self.authenticated and not self.closed:
             self.events.emit("warn", "auth.timeout", address=self.address, peer_id=self.peer_id)
-            AUTH.labels("refused", "timeout").inc()
+            self.recorder.auth("refused", "timeout")
             self.close(CLOSE_POLICY_VIOLATION, "authentication timeout")

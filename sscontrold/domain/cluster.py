@@ -12,21 +12,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from prometheus_client import Counter
-
 from .compare import same_secret
-from .rooms import (RESUMES, Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device,
-                    new_token)
+from .metrics import Recorder
+from .rooms import Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device, new_token
 
 HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
 DEAD_NODE_POLL = 0.25  # seconds between looks at an old node that does not listen: dead yet?
 MARKER_TIMEOUT = 2.0  # seconds a moved peer's direct messages wait for the old route to drain
 FORWARD_SECONDS = 30.0  # how long the old node forwards what still reaches it for a moved peer
 
-
-RELAY_FAILURES = Counter("sscontrol_cluster_relay_failures_total",
-                         "Messages to a peer on another node not delivered, each reported to its sender, "
-                         "by code.", ["code"])
 
 # What the sender of an undelivered message is told, by the code it gets.
 UNDELIVERED = {
@@ -114,8 +108,9 @@ class _Claimant:
 
 
 class ClusterHub(Hub):
-    def __init__(self, max_peers_per_room: int, clock, hold, store: ClusterStore, spawn, events, waiter):
-        super().__init__(max_peers_per_room, clock, hold)
+    def __init__(self, max_peers_per_room: int, clock, hold, store: ClusterStore, spawn, events, waiter,
+                 recorder: Recorder | None = None):
+        super().__init__(max_peers_per_room, clock, hold, recorder)
         self.store = store
         self._spawn = spawn
         self._events = events
@@ -245,7 +240,7 @@ class ClusterHub(Hub):
         if relay is None:
             return
         sender_id, kind, to = relay
-        RELAY_FAILURES.labels(code).inc()
+        self.recorder.relay_failure(code)
         self._events.emit("warn", "cluster.relay_undelivered", peer_id=sender_id, to=to, message_type=kind,
                           code=code)
         room_id = self._room_of.get(sender_id)
@@ -272,11 +267,11 @@ class ClusterHub(Hub):
     async def _resume_remote(self, token: str, member: Member) -> Resumed:
         record = await self.store.token(token)
         if not record or record.get("node") == self.store.node_id:
-            RESUMES.labels("unknown_token").inc()
+            self.recorder.resume("unknown_token")
             raise UnknownToken()
         peer_id, room_id, old_node = record["peer"], record["room"], record["node"]
         if peer_id in self._handovers:  # one resume of a peer at a time
-            RESUMES.labels("refused").inc()
+            self.recorder.resume("refused")
             raise UnknownToken()
         # The old node hands the peer over, once it has checked the token and the device
         # (it alone knows them for sure); if it does not listen, it is restarting or
@@ -292,7 +287,7 @@ class ClusterHub(Hub):
             try:
                 if await self.store.publish_now(old_node, takeover):
                     resumed = await waiter.wait()
-                    RESUMES.labels("resumed_elsewhere").inc()
+                    self.recorder.resume("resumed_elsewhere")
                     return resumed
                 waiter.fail(UnknownToken())  # not heard: this waiter is done with
                 try:
@@ -300,12 +295,12 @@ class ClusterHub(Hub):
                 except UnknownToken:
                     pass
             except TimeoutError:
-                RESUMES.labels("handover_timeout").inc()
+                self.recorder.resume("handover_timeout")
                 raise UnknownToken() from None
             finally:
                 self._handovers.pop(peer_id, None)
             if self.clock.seconds() >= deadline:
-                RESUMES.labels("handover_timeout").inc()
+                self.recorder.resume("handover_timeout")
                 raise UnknownToken()
             try:
                 await self._waiter(DEAD_NODE_POLL).wait()
@@ -320,12 +315,12 @@ class ClusterHub(Hub):
         peer_id, room_id = record["peer"], record["room"]
         device = record.get("device")
         if device is not None and not same_secret(device, bound_device(member)):
-            RESUMES.labels("refused").inc()
+            self.recorder.resume("refused")
             raise UnknownToken()
         fresh = new_token()
         members = await self.store.adopt(room_id, peer_id, token, old_node, fresh, device)
         if members is None:  # swept already, or another resume was first
-            RESUMES.labels("unknown_token").inc()
+            self.recorder.resume("unknown_token")
             raise UnknownToken()
         member.peer_id = peer_id
         self._place_quietly(member, room_id)
@@ -341,7 +336,7 @@ class ClusterHub(Hub):
                 remote[pid] = node
         for node in {n for n in remote.values() if n != old_node}:
             self._tell(node, {"op": "moved", "room": room_id, "peer": peer_id, "node": self.store.node_id})
-        RESUMES.labels("resumed_after_node_loss").inc()
+        self.recorder.resume("resumed_after_node_loss")
         self._events.emit("info", "cluster.adopted", peer_id=peer_id, dead_node=old_node)
         return Resumed(room_id, [pid for pid in list(room) + list(remote) if pid != peer_id], [], token=fresh,
                        held_lost=True)
@@ -356,7 +351,7 @@ class ClusterHub(Hub):
         if not (same_secret(self._token_of.get(peer_id), event.get("token"))
                 and self._may_resume(peer_id, _Claimant(event.get("device")))):
             # A spent or wrong token, another device: refused, the live peer stays as it is.
-            RESUMES.labels("refused").inc()
+            self.recorder.resume("refused")
             self._tell(new_node, {"op": "takeover_failed", "peer": peer_id})
             return
         place = room[peer_id]

@@ -8,15 +8,12 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import orjson
-from prometheus_client import Counter, Gauge
 
 from .compare import same_secret
-
-ROOMS = Gauge("sscontrol_rooms", "Rooms with at least one member on this node.")
-RESUMES = Counter("sscontrol_resumes_total", "Resume attempts by result.", ["result"])
+from .metrics import MemoryRecorder, Recorder
 
 CLOSE_REPLACED = 4000  # an old connection whose peer resumed on a new one
 
@@ -104,8 +101,10 @@ def bound_device(member: Any) -> str | None:
 class Hub:
     """Room membership and relay; a peer is in at most one room."""
 
-    def __init__(self, max_peers_per_room: int, clock=None, hold: HoldLimits = HoldLimits()):
+    def __init__(self, max_peers_per_room: int, clock=None, hold: HoldLimits = HoldLimits(),
+                 recorder: Recorder | None = None):
         self.max_peers_per_room = max_peers_per_room
+        self.recorder = recorder if recorder is not None else MemoryRecorder()
         self.clock = clock
         self.hold = hold
         self._rooms: dict[str, dict[str, Member]] = {}
@@ -260,13 +259,11 @@ class Hub:
             self._broadcast(list(room.values()), {"type": "peer_left", "peer_id": member.peer_id})
         return room_id
 
-    @staticmethod
-    def _room_new() -> None:
-        ROOMS.inc()
+    def _room_new(self) -> None:
+        self.recorder.rooms(1)
 
-    @staticmethod
-    def _room_gone() -> None:
-        ROOMS.dec()
+    def _room_gone(self) -> None:
+        self.recorder.rooms(-1)
 
     def _left(self, room_id: str, peer_id: str, token: str | None) -> None:
         """A member left (after its room was told): a hook for shared state."""
@@ -308,17 +305,17 @@ class Hub:
         """Give ``member`` the place of the peer the token names; sets member.peer_id."""
         peer_id = self._peer_of.get(token)
         if peer_id is None or peer_id not in self._room_of:
-            RESUMES.labels("unknown_token").inc()
+            self.recorder.resume("unknown_token")
             raise UnknownToken()
         if not self._may_resume(peer_id, member):  # refused: the live peer is left as it is
-            RESUMES.labels("refused").inc()
+            self.recorder.resume("refused")
             raise UnknownToken()
         room_id, held = self._vacate(peer_id)
         member.peer_id = peer_id
         self._rooms[room_id][peer_id] = member
         fresh = self._rotate_token(peer_id)  # single use: the answer carries the next one
         self._rotated(room_id, peer_id, token, fresh)
-        RESUMES.labels("resumed").inc()
+        self.recorder.resume("resumed")
         return Resumed(room_id, [pid for pid in self._rooms[room_id] if pid != peer_id], held, fresh)
 
     def _rotated(self, room_id: str, peer_id: str, old: str, new: str) -> None:

@@ -40,9 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from prometheus_client import Gauge
+from .metrics import MemoryRecorder, Recorder
 
-SESSIONS_GAUGE = Gauge("sscontrol_sessions", "REST pairing sessions held (live, not expired).")
 
 MIN_TTL = 1
 SESSION_ID_MAX_LENGTH = 64
@@ -340,10 +339,10 @@ class SessionStore:
     existing sessions keep their expiry."""
 
     def __init__(self, clock: Callable[[], float], limits: SessionLimits | None = None,
-                 gauge: Gauge | None = SESSIONS_GAUGE):
+                 recorder: Recorder | None = None):
         self.clock = clock
         self.limits = limits or SessionLimits()
-        self._gauge = gauge
+        self.recorder = recorder if recorder is not None else MemoryRecorder()
         self._sessions: dict[str, Session] = {}
         self._expiry: list[tuple[int, str]] = []  # heap; entries of deleted sessions linger
         self._tombstones: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (until, why)
@@ -471,5 +470,4 @@ class SessionStore:
             heapq.heapify(self._expiry)
 
     def _publish(self) -> None:
-        if self._gauge is not None:
-            self._gauge.set(len(self._sessions))
+        self.recorder.sessions(len(self._sessions))

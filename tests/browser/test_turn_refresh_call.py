@@ -68,7 +68,9 @@ RESTARTED = """async ([ufrag]) => {
   for (let i = 0; i < 150; i++) {
     const stats = await pc.getStats();
     let pair = null;
-    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
     const local = pair && stats.get(pair.localCandidateId);
     seen = {state: pc.iceConnectionState, local: local && local.candidateType, ufrag: local && local.usernameFragment,
             relayProtocol: local && local.relayProtocol};
@@ -144,5 +146,5 @@ def test_a_call_keeps_its_datachannel_through_refreshes_and_an_ice_restart_after
     pongs = state["pongs"]
     assert len([t for t in pongs if t > restart["at"] + 1]) >= 4, (restart, pongs[-10:])
     assert pongs[-1] > time.time() - 2  # still answering now
-    gaps = [b - a for a, b in zip(pongs, pongs[1:])]
+    gaps = [b - a for a, b in zip(pongs, pongs[1:], strict=False)]
     assert max(gaps) < 5, gaps  # never a long silence, restart included

@@ -28,7 +28,6 @@ from test_operations_docs import DOCS, DOC_ORDER, doc_blocks, run_block, server_
 from wsclient import auth_message
 
 from . import sysharness
-from .sysharness import UNIT
 
 pytestmark = pytest.mark.system
 

@@ -243,7 +243,8 @@ def test_upgrade_restarts_template_instances_one_after_another(installed_service
         gap = when[("Stopping", units["beta"])] - when[("Started", units["alpha"])]
         assert gap >= 4_000_000, f"beta stopped {gap / 1e6:.1f} s after alpha was ready"
         assert [line for line in out.splitlines() if "restarting" in line] == [
-            f"sscontrol-signaling: restarting {units['alpha']}", f"sscontrol-signaling: restarting {units['beta']}"], out
+            f"sscontrol-signaling: restarting {units['alpha']}",
+            f"sscontrol-signaling: restarting {units['beta']}"], out
     finally:
         for name, unit in units.items():
             c.ctl("stop", unit, check=False)
