@@ -507,6 +507,11 @@ def load(
     return Settings(**values, config_file=path if os.path.exists(path) else None, warnings=tuple(warnings))
 
 
+def defaults() -> Settings:
+    """The settings with every key at its built-in default (no file, no environment)."""
+    return load({}, {}, os.devnull)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

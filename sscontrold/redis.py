@@ -262,7 +262,7 @@ class RedisNonceStore:
     on another node, nowhere else. When Redis is back, the nonces taken meanwhile
     are written to it, so from then on the whole cluster refuses them again."""
 
-    def __init__(self, link: RedisLink, max_entries: int = 1_000_000):
+    def __init__(self, link: RedisLink, max_entries: int):
         self._link = link
         self._local = MemoryNonceStore(link.clock.seconds, max_entries)
         self._taken: dict[bytes, float] = {}  # taken while Redis was away: key -> expiry

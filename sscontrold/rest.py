@@ -35,7 +35,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.limits import TokenBucket
-from .domain.sessions import QuotaExceeded, SessionError, SessionLimits, SessionStore, StoreFull
+from .domain.sessions import QuotaExceeded, SessionError, SessionStore, StoreFull
+from .policies import session_limits
 from .protocol import client_address
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
@@ -51,19 +52,6 @@ TOO_MANY_REQUESTS = 429  # not among twisted.web.http's names
 PREFLIGHT_MAX_AGE = b"3600"
 DEFAULT_ALLOW_HEADERS = b"Content-Type"
 _HEADER_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ")
-
-
-def session_limits(settings) -> SessionLimits:
-    return SessionLimits(
-        ttl_default=settings.session_ttl,
-        ttl_max=settings.session_ttl_max,
-        max_attempts=settings.session_max_attempts,
-        max_count=settings.session_max_count,
-        max_per_owner=settings.session_max_per_address,
-        max_sdp_bytes=settings.max_sdp_bytes,
-        max_candidate_bytes=settings.max_candidate_bytes,
-        max_mid_length=settings.max_id_length,
-    )
 
 
 class AddressRateLimiter:

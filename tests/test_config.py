@@ -163,3 +163,27 @@ def test_bad_value_exits_with_one_line_before_binding():
     result = run_refused("--max-peers-per-room", "0")
     assert result.returncode != 0 and "max_peers_per_room" in result.stderr and len(
         result.stderr.strip().splitlines()) == 1
+
+
+def test_domain_limits_take_every_setting_from_the_table():
+    """config.FIELDS is the only source of a default: the domain's limits have none of
+    their own, and built from the defaults they hold the table's values."""
+    import dataclasses
+
+    from sscontrold import policies
+    from sscontrold.domain.auth import AuthPolicy
+    from sscontrold.domain.client import MessageLimits
+    from sscontrold.domain.rooms import HoldLimits
+    from sscontrold.domain.sessions import SessionLimits
+
+    # fixed bounds of the REST session format, not settings
+    format_bounds = {"max_candidates", "max_public_key_bytes", "max_pin_hash_bytes"}
+    for cls in (AuthPolicy, MessageLimits, HoldLimits, SessionLimits):
+        for field in dataclasses.fields(cls):
+            if field.name not in format_bounds:
+                assert field.default is dataclasses.MISSING, f"{cls.__name__}.{field.name} restates a default"
+    defaults = config.defaults()
+    assert policies.message_limits(defaults).rate_per_second == config.FIELDS_BY_NAME["rate_limit_per_second"].default
+    assert policies.hold_limits(defaults).grace == config.FIELDS_BY_NAME["resume_grace"].default
+    assert policies.session_limits(defaults).ttl_max == config.FIELDS_BY_NAME["session_ttl_max"].default
+    assert policies.auth_policy(defaults).window == config.FIELDS_BY_NAME["auth_window"].default

@@ -72,9 +72,9 @@ def compute_token(api_key: str, device_id: str, timestamp: int, nonce: str) -> s
 @dataclass(frozen=True)
 class AuthPolicy:
     api_keys: tuple[str, ...]
-    window: float = 300.0
-    clock_skew: float = 30.0
-    device_allowlist: frozenset[str] = frozenset()
+    window: float  # built from the settings by sscontrold.policies
+    clock_skew: float
+    device_allowlist: frozenset[str]
 
     @property
     def enabled(self) -> bool:

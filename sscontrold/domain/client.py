@@ -66,13 +66,15 @@ class Events(Protocol):
 
 @dataclass(frozen=True)
 class MessageLimits:
-    max_id_length: int = 128
-    max_sdp_bytes: int = 60000
-    max_candidate_bytes: int = 2048
-    rate_per_second: float = 50.0
-    rate_burst: int = 200
-    rate_strikes: int = 50
-    auth_timeout: float = 10.0
+    """Built from the settings by sscontrold.policies (no defaults here: config.FIELDS has them)."""
+
+    max_id_length: int
+    max_sdp_bytes: int
+    max_candidate_bytes: int
+    rate_per_second: float
+    rate_burst: int
+    rate_strikes: int
+    auth_timeout: float
 
 
 class BadMessage(Exception):
