@@ -37,11 +37,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .domain.limits import TokenBucket
 from .domain.sessions import QuotaExceeded, SessionError, SessionStore, StoreFull
 from .policies import session_limits
-from .protocol import client_address
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
 from .turn import api_key_matches
-from .web import HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body,
+                  request_address)
 
 log = Logger(namespace="sscontrold.rest")
 
@@ -340,8 +340,4 @@ class SessionAPI:
         return settings
 
     def address(self, request: Request) -> str:
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", None) or str(peer)
-        forwarded = request.getHeader(b"x-forwarded-for")
-        return client_address(host, forwarded.decode("latin-1") if forwarded is not None else None,
-                              self.node.trusted_proxies)
+        return request_address(request, self.node.trusted_proxies)

@@ -27,8 +27,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .domain.auth import AuthRefused
 from .domain.compare import same_secret
 from .domain.client import AUTH, BadMessage, Client
-from .protocol import client_address
-from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body,
+                  request_address)
 
 MAX_USER_LENGTH = 128
 TOO_MANY_REQUESTS = 429
@@ -174,8 +174,7 @@ class TurnResource(JSONResource):
         apply_cors(request, settings.cors_origins)
         if not settings.turn_secrets:
             return error_response(request, http.NOT_FOUND, NOT_CONFIGURED, "turn_unavailable")
-        peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
-        address = client_address(peer, _header(request, b"x-forwarded-for"), node.trusted_proxies)
+        address = request_address(request, node.trusted_proxies)
         wait = node.failures.throttle.retry_after(address) if node.authenticator.enabled else 0
         if wait > 0:  # too many failures from this address of late: not even checked
             node.failures.throttle.failed(address)
