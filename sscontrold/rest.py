@@ -34,12 +34,12 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .domain.compare import any_secret
 from .domain.limits import TokenBucket
 from .domain.sessions import QuotaExceeded, SessionError, SessionStore, StoreFull
 from .policies import session_limits
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
-from .turn import api_key_matches
 from .web import (HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body,
                   request_address)
 
@@ -246,7 +246,7 @@ class SessionResource(Resource):
         scheme, _, value = header.decode("latin-1").strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return "bad_authorization_header"
-        return None if api_key_matches(keys, value.strip()) else "bad_api_key"
+        return None if any_secret(keys, value.strip()) else "bad_api_key"
 
     @staticmethod
     def _body(request: Request, settings) -> dict:
