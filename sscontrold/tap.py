@@ -141,6 +141,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
                          nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
                          cluster=cluster)
     factory = SignalingFactory(node, settings)
+    if cluster is not None:  # events from other nodes are written and timed as local reads are
+        cluster.batch = factory.batch
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
     notifier = Notifier()
     readiness = Readiness()
