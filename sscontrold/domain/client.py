@@ -26,6 +26,7 @@ from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 # WebSocket close codes (RFC 6455 section 7.4.1)
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009  # sent by Autobahn (max_message_bytes, max_frame_bytes); docs/protocol.md lists it
 
 MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
 
