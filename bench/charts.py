@@ -47,7 +47,8 @@ def _panel(x0: int, title: str, values: dict, lower_better: bool) -> list[str]:
         if med is not None:
             h = height * med / top
             out.append(f'<rect x="{bx}" y="{base_y - h:.1f}" width="{bw}" height="{h:.1f}" '
-                       f'fill="{COLOURS[server]}" fill-opacity="0.75"><title>{server} median {_fmt(med)}</title></rect>')
+                       f'fill="{COLOURS[server]}" fill-opacity="0.75">'
+                       f'<title>{server} median {_fmt(med)}</title></rect>')
             out.append(f'<text x="{bx + bw / 2}" y="{base_y - h - 4:.1f}" text-anchor="middle" font-size="10">'
                        f'{_fmt(med)}</text>')
         rounds = [v for v in s["all"] if v is not None]
@@ -67,7 +68,7 @@ def workload_svg(row: dict, metrics: list[tuple[str, str, bool]]) -> str:
     width = max(1, len(panels)) * PANEL_W
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H + 24}" '
              f'font-family="sans-serif" viewBox="0 0 {width} {PANEL_H + 24}">',
-             f'<rect width="100%" height="100%" fill="#fff"/>']
+             '<rect width="100%" height="100%" fill="#fff"/>']
     for i, (m, name, hib) in enumerate(panels):
         values = {s: {"median": row[m].get(s), "all": row[m].get("all", {}).get(s, [])}
                   for s in ("sscontrold", "reference")}
@@ -101,7 +102,8 @@ def targets_svg(rows: list[dict]) -> str:
         tx = left + threshold * scale
         parts.append(f'<line x1="{tx:.1f}" y1="{y}" x2="{tx:.1f}" y2="{y + 20}" stroke="#000" stroke-dasharray="3,2"/>')
         verdict = "met" if t["met"] else "NOT met" if t["met"] is False else "no figure"
-        parts.append(f'<text x="{width - 85}" y="{y + 14}" font-size="11" fill="{colour}">{_fmt(value)} {verdict}</text>')
+        parts.append(f'<text x="{width - 85}" y="{y + 14}" font-size="11" fill="{colour}">'
+                     f'{_fmt(value)} {verdict}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 

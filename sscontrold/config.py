@@ -80,6 +80,19 @@ def _seconds(minimum: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+def _rate(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a rate, in messages per second") from None
+        if not value >= minimum or value == float("inf"):
+            raise ValueError(f"expected a rate of at least {minimum:g} messages per second")
+        return value
+
+    return parse
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("debug", "info", "warn", "error", "critical"):
@@ -103,6 +116,9 @@ class Field:
     help: str
     env: tuple[str, ...] = ()  # legacy names, checked after SSCONTROL_<NAME>
     secret: bool = False
+    # Taken only at start (a listening socket, the Redis link, a store sized once): a reload
+    # that changes it keeps the running value and logs reload.restart_needed naming it.
+    restart: bool = False
 
     @property
     def flag(self) -> str:
@@ -118,8 +134,10 @@ class Field:
 # the shipped example all derive from it.
 FIELDS: tuple[Field, ...] = (
     # [server]
-    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",)),  # nosec B104  # it serves remote peers; start-up warns when auth or TLS is off on it
-    Field("port", "server", _int_range(0, 65535), 8443, "Port of the public listener.", ("SIGNALING_PORT",)),
+    Field("host", "server", _str, "0.0.0.0", "Address the public listener binds.", ("SIGNALING_HOST",),  # nosec B104  # it serves remote peers; start-up warns when auth or TLS is off on it
+          restart=True),
+    Field("port", "server", _int_range(0, 65535), 8443, "Port of the public listener.", ("SIGNALING_PORT",),
+          restart=True),
     Field("tls_cert", "server", _optional_str, None,
           "PEM file with the certificate and its chain (leaf first). Unset: plain ws://.",
           ("SSCONTROL_TLS_CERT",)),
@@ -128,10 +146,12 @@ FIELDS: tuple[Field, ...] = (
     Field("reuse_port", "server", _bool, False,
           "Share the public port with the other sscontrold processes of this host (SO_REUSEPORT: "
           "the kernel spreads new connections among them), e.g. one template instance per core. "
-          "Needs redis_url, so that peers on different processes meet."),
-    Field("admin_enabled", "server", _bool, True, "Serve /health /ready /live /metrics on the admin listener."),
-    Field("admin_host", "server", _str, "127.0.0.1", "Address of the admin listener (keep it on loopback)."),
-    Field("admin_port", "server", _int_range(0, 65535), 9464, "Port of the admin listener."),
+          "Needs redis_url, so that peers on different processes meet.", restart=True),
+    Field("admin_enabled", "server", _bool, True, "Serve /health /ready /live /metrics on the admin listener.",
+          restart=True),
+    Field("admin_host", "server", _str, "127.0.0.1", "Address of the admin listener (keep it on loopback).",
+          restart=True),
+    Field("admin_port", "server", _int_range(0, 65535), 9464, "Port of the admin listener.", restart=True),
     Field("drain_timeout", "server", _seconds(0), 10.0,
           "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
     Field("trusted_proxies", "server", _list, (),
@@ -168,7 +188,8 @@ FIELDS: tuple[Field, ...] = (
     Field("auth_failure_log_per_minute", "auth", _int_range(1), 60,
           "Log lines of failed authentications per minute; the next line says how many were left out (suppressed=)."),
     Field("nonce_store_max", "auth", _int_range(1000), 1_000_000,
-          "Most nonces remembered at once; when full, auth is refused rather than replay protection lost."),
+          "Most nonces remembered at once; when full, auth is refused rather than replay protection lost.",
+          restart=True),
     # [limits]
     Field("max_message_bytes", "limits", _int_range(1024, 16 * 1024 * 1024), 65536,
           "Largest WebSocket message; a larger one closes the connection with 1009."),
@@ -178,7 +199,7 @@ FIELDS: tuple[Field, ...] = (
     Field("max_candidate_bytes", "limits", _int_range(1), 2048, "Longest ICE candidate field, in UTF-8 bytes."),
     Field("max_id_length", "limits", _int_range(1, 4096), 128,
           "Longest device_id, room_id, peer id, nonce or sdp_mid, in characters."),
-    Field("rate_limit_per_second", "limits", _seconds(0.01), 50.0, "Messages per second a connection may send."),
+    Field("rate_limit_per_second", "limits", _rate(0.01), 50.0, "Messages per second a connection may send."),
     Field("rate_limit_burst", "limits", _int_range(1), 200, "Messages a connection may send at once."),
     Field("rate_limit_strikes", "limits", _int_range(1), 50,
           "Refused messages in a row (each answered with an error) before the connection is closed with 1008."),
@@ -263,19 +284,21 @@ FIELDS: tuple[Field, ...] = (
     Field("redis_url", "redis", _optional_str, None,
           "redis:// or rediss:// URL (host, port, database) of the Redis that several nodes share. "
           "Unset: this node keeps its state in memory. Put the password in redis_password_file, "
-          "REDIS_PASSWORD or the systemd credential redis_password, not in the URL."),
+          "REDIS_PASSWORD or the systemd credential redis_password, not in the URL.", restart=True),
     Field("redis_password", "redis", _optional_str, None, "Redis password (prefer redis_password_file).",
           ("REDIS_PASSWORD",), secret=True),
     Field("redis_password_file", "redis", _optional_str, None, "File whose first line is the Redis password. "
           "Re-read on every reload: a new password is used once Redis accepts it."),
-    Field("redis_prefix", "redis", _str, "sscontrol:", "Prefix of every Redis key and channel of this cluster."),
+    Field("redis_prefix", "redis", _str, "sscontrol:", "Prefix of every Redis key and channel of this cluster.",
+          restart=True),
     Field("redis_timeout", "redis", _seconds(0.1), 2.0,
           "Seconds to wait for Redis before treating it as down (the node turns degraded); also how late a "
-          "message to a peer on another node may arrive: later ones are dropped and their sender gets an error."),
+          "message to a peer on another node may arrive: later ones are dropped and their sender gets an error.",
+          restart=True),
     Field("cluster_lease", "redis", _seconds(1), 5.0,
           "Seconds a node's membership outlives it without renewal: when a node dies, its members may resume "
           "on another node for resume_grace after that; the others send peer_left for the rest within about "
-          "cluster_lease + resume_grace + 2 seconds."),
+          "cluster_lease + resume_grace + 2 seconds.", restart=True),
     # [log]
     Field("log_level", "log", _log_level, "info", "Lowest level logged: debug, info, warn, error, critical."),
     Field("log_format", "log", _log_format, "text", "text (one line per event) or json."),
@@ -283,11 +306,9 @@ FIELDS: tuple[Field, ...] = (
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
-# Settings a reload does not apply: the listening sockets and what is built once at start
-# (the Redis link, the nonce store). Changing one takes a restart; a reload says so
-# (reload.restart_needed). Every other setting is applied by a reload.
-RESTART_ONLY = frozenset({"host", "port", "reuse_port", "admin_enabled", "admin_host", "admin_port",
-                          "nonce_store_max", "redis_url", "redis_prefix", "redis_timeout", "cluster_lease"})
+# Settings a reload does not apply (Field.restart): the listening sockets and what is built
+# once at start (the Redis link, the nonce store). Every other setting is applied by a reload.
+RESTART_ONLY = frozenset(f.name for f in FIELDS if f.restart)
 
 # The text of the unit's SetCredential= fallback for a credential the operator did not
 # provide (systemd/sscontrol-signaling.service): "none given", not "given but empty".
@@ -305,8 +326,7 @@ class ConfigWarning:
     def __str__(self) -> str:
         return self.message
 
-# Secret settings that may also be handed in as a systemd credential of the same name.
-CREDENTIAL_FIELDS = tuple(f.name for f in FIELDS if f.secret)
+# Secret settings may also be handed in as a systemd credential of the same name.
 # The setting naming a file that holds more of each secret.
 SECRET_FILE_KEYS = {"api_keys": "api_key_file", "turn_secrets": "turn_secret_file",
                     "redis_password": "redis_password_file"}  # nosec B105  # setting names, not secrets
@@ -495,6 +515,11 @@ def load(
     return Settings(**values, config_file=path if os.path.exists(path) else None, warnings=tuple(warnings))
 
 
+def defaults() -> Settings:
+    """The settings with every key at its built-in default (no file, no environment)."""
+    return load({}, {}, os.devnull)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -615,7 +640,7 @@ def example_file() -> str:
             section = field.section
             lines += ["", f"[{section}]"]
         envs = ", ".join(field.env_names)
-        restart = " (restart)" if field.name in RESTART_ONLY else ""
+        restart = " (restart)" if field.restart else ""
         lines.append(f"# {field.help} (environment: {envs}){restart}")
         lines.append(f"#{field.name} = {default_text(field.default)}")
         if field.name in SHIPPED_VALUES:
@@ -649,6 +674,8 @@ def _type_text(field: Field) -> str:
         return "list"
     if name.startswith("_seconds"):
         return "seconds"
+    if name.startswith("_rate"):
+        return "rate"
     if name.startswith("_int_range"):
         return "integer"
     if field.parse in (_log_level, _log_format):
@@ -668,7 +695,7 @@ def reference_table() -> str:
         if field.name in SHIPPED_VALUES:
             default += f" (packaged file: {SHIPPED_VALUES[field.name]})"
         envs = ", ".join(f"`{name}`" for name in field.env_names)
-        applied = "restart" if field.name in RESTART_ONLY else "reload"
+        applied = "restart" if field.restart else "reload"
         what = field.help.replace("|", "\\|")
         lines.append(f"| `{field.name}` | {field.section} | {_type_text(field)} | `{default}` | {envs} | "
                      f"{applied} | {what} |")

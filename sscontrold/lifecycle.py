@@ -21,7 +21,8 @@ DRAINING = Gauge("sscontrol_draining", "1 once the node drains (it is stopping: 
 CLOSE_SERVICE_RESTART = 1012
 
 
-# Settings that take effect only at start: a reload that changes them says so.
+# Settings that take effect only at start (config.Field.restart): a reload that changes
+# one says so. TLS on or off too: the listener's TLS wrapper is chosen at start.
 RESTART_ONLY = tuple(sorted(_RESTART_ONLY_FIELDS)) + ("tls_enabled",)
 
 
@@ -36,8 +37,7 @@ class Reloader(Service):
         self._apply = apply
         self._notifier = notifier
         self._clock = clock
-        self._running_settings = started_with
-        self.last_error: str | None = None
+        self._started_with = started_with  # what the restart-only settings still are
 
     def startService(self) -> None:
         Service.startService(self)
@@ -54,7 +54,6 @@ class Reloader(Service):
         try:
             settings = self._load()
         except ConfigError as e:
-            self.last_error = str(e)
             events.emit("error", "reload.failed", error=str(e), action="kept the running configuration")
             self._notifier.ready("reload failed, running configuration kept")
             return False
@@ -62,11 +61,11 @@ class Reloader(Service):
             events.emit("warn", warning.event, message=warning.message)
         for apply in self._apply:
             apply(settings)
-        old, self._running_settings = self._running_settings, settings
+        # Against the start, not the last reload: each reload says it until the restart.
         for key in RESTART_ONLY:
-            if getattr(old, key) != getattr(settings, key):
-                events.emit("warn", "reload.restart_needed", setting=key)
-        self.last_error = None
+            if getattr(self._started_with, key) != getattr(settings, key):
+                events.emit("warn", "reload.restart_needed", setting=key,
+                            message=f"{key} changed: it takes effect on restart; the running value is kept")
         events.emit("info", "reload.done", config_file=settings.config_file)
         self._notifier.ready("reloaded")
         return True

@@ -10,13 +10,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .domain.admin import Administration
-from .domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
-from .domain.client import Client, MessageLimits
+from .domain.auth import Authenticator, MemoryNonceStore
+from .domain.client import Client
 from .domain.limits import ConnectionCounter, FailureGuard
 from .domain.metrics import Recorder
 from .domain.cluster import ClusterHub
-from .domain.rooms import HoldLimits, Hub
+from .domain.rooms import Hub
 from .metrics import PROMETHEUS
+from .policies import auth_policy, hold_limits, message_limits
 
 
 log = Logger(namespace="sscontrold.node")
@@ -49,32 +50,6 @@ class Waiter:
 
 def _raise(exception: Exception):
     raise exception
-
-
-def auth_policy(settings) -> AuthPolicy:
-    return AuthPolicy(
-        api_keys=tuple(settings.api_keys),
-        window=settings.auth_window,
-        clock_skew=settings.auth_clock_skew,
-        device_allowlist=frozenset(settings.device_allowlist),
-    )
-
-
-def message_limits(settings) -> MessageLimits:
-    return MessageLimits(
-        max_id_length=settings.max_id_length,
-        max_sdp_bytes=settings.max_sdp_bytes,
-        max_candidate_bytes=settings.max_candidate_bytes,
-        rate_per_second=settings.rate_limit_per_second,
-        rate_burst=settings.rate_limit_burst,
-        rate_strikes=settings.rate_limit_strikes,
-        auth_timeout=settings.auth_timeout,
-    )
-
-
-def hold_limits(settings) -> HoldLimits:
-    return HoldLimits(grace=settings.resume_grace, max_messages=settings.resume_max_messages,
-                      max_bytes=settings.resume_max_bytes)
 
 
 class SignalingNode:

@@ -9,7 +9,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 
 from .domain.origins import OriginPolicy
-from .web import error_response
+from .web import error_response, request_address
 
 REFUSED = Counter("sscontrol_origin_refused_total", "WebSocket upgrades and API requests refused by the "
                   "Origin policy (403), by kind (websocket, http) and reason (origin, missing).",
@@ -72,8 +72,8 @@ class OriginGate(Resource):
         kind = "websocket" if upgrade else "http"
         reason = "missing" if origin is None else "origin"
         REFUSED.labels(kind, reason).inc()
-        peer = getattr(request.getClientAddress(), "host", None) or "unknown"
-        self._node.events.emit("warn", "origin.refused", address=peer, kind=kind,
+        address = request_address(request, self._node.trusted_proxies)
+        self._node.events.emit("warn", "origin.refused", address=address, kind=kind,
                                origin=(origin or "")[:200] or None, reason=reason)
         if origin is None:
             return _Refused("an Origin header is required (require_origin)")

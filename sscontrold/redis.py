@@ -278,7 +278,7 @@ class RedisNonceStore:
     on another node, nowhere else. When Redis is back, the nonces taken meanwhile
     are written to it, so from then on the whole cluster refuses them again."""
 
-    def __init__(self, link: RedisLink, max_entries: int = 1_000_000):
+    def __init__(self, link: RedisLink, max_entries: int):
         self._link = link
         self._local = MemoryNonceStore(link.clock.seconds, max_entries)
         self._taken: dict[bytes, float] = {}  # taken while Redis was away: key -> expiry
@@ -497,6 +497,17 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         txredisapi.SubscriberProtocol.connectionLost(self, why)
         self.factory.cluster.unsubscribed(self, why.getErrorMessage()[:200])
 
+    def dataReceived(self, data, *args):
+        # Like a WebSocket read: what the events of this read send goes out in one
+        # write per recipient when it is handled, and relays are timed as local ones.
+        batch = self.factory.cluster.batch
+        outer = batch is not None and batch.begin()
+        try:
+            txredisapi.SubscriberProtocol.dataReceived(self, data, *args)
+        finally:
+            if outer:
+                batch.end()
+
     def messageReceived(self, pattern, channel, message):
         self.factory.cluster.deliver(message)
 
@@ -521,13 +532,14 @@ def _subscriber_retry(attempt: int) -> float:
 
 
 class _Outgoing:
-    """A message to another node, until Redis has handed it to that node's subscriber."""
+    """The messages to another node of one reactor turn (one PUBLISH), until Redis has
+    handed them to that node's subscriber. ``failures``: (op, on_failure) of each."""
 
-    __slots__ = ("seq", "node", "payload", "op", "on_failure", "started")
+    __slots__ = ("seq", "node", "payload", "failures", "started")
 
-    def __init__(self, seq, node, payload, op, on_failure, started):
-        self.seq, self.node, self.payload, self.op = seq, node, payload, op
-        self.on_failure, self.started = on_failure, started
+    def __init__(self, seq, node, payload, failures, started):
+        self.seq, self.node, self.payload = seq, node, payload
+        self.failures, self.started = failures, started
 
     def __lt__(self, other):
         return self.seq < other.seq
@@ -558,6 +570,10 @@ class RedisCluster(Service):
         self._registered_after = None  # link.outages when this node last registered its members
         self._seq = 0
         self._held: dict[str, list[_Outgoing]] = {}  # node -> messages waiting for it to subscribe
+        # node -> (event, on_failure) published during this reactor turn, sent at its end
+        self._turn: dict[str, list[tuple[dict, object]]] = {}
+        self._turn_call = None
+        self.batch = None  # the WebSocket side's WriteBatch (protocol.py), set by the wiring
         self._gone = False  # said goodbye (clean stop): nothing of this node is left in Redis
         link.goodbyes.append(self._goodbye)
 
@@ -680,6 +696,7 @@ class RedisCluster(Service):
 
     def publish_now(self, node_id: str, event: dict):
         """Awaitable of how many subscribers got ``event`` (0: the node is not listening)."""
+        self.flush()  # what was published before goes first
         return self.link.call("publish", f"{self.link.prefix}node:{node_id}", orjson.dumps(event).decode())
 
     def publish(self, node_id: str, event: dict, on_failure=None) -> None:
@@ -695,14 +712,39 @@ class RedisCluster(Service):
         never both, as long as the nodes' clocks agree within LATE_MARGIN."""
         if not self.available:
             raise ClusterUnavailable()
-        self._seq += 1
-        out = _Outgoing(self._seq, node_id, orjson.dumps(event).decode(), event.get("op"), on_failure,
-                        self.link.clock.seconds())
-        held = self._held.get(node_id)
-        if held is not None:
-            held.append(out)
-        else:
-            self._send(out)
+        # Batched like the WebSocket writes: what one reactor turn publishes to a node
+        # (e.g. the relays of one read) goes as one PUBLISH of one encoded list at its end.
+        pending = self._turn.get(node_id)
+        if pending is None:
+            pending = self._turn[node_id] = []
+        pending.append((event, on_failure))
+        if self._turn_call is None:
+            self._turn_call = self.link.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what this reactor turn published, in order: one write to Redis for the
+        turn, one PUBLISH per event. (Nodes also read a list of events in one PUBLISH;
+        sending lists waits until no node of an earlier version, which cannot read them,
+        may share a room: a rolling upgrade would lose messages silently.)"""
+        if self._turn_call is not None:
+            if self._turn_call.active():
+                self._turn_call.cancel()
+            self._turn_call = None
+        turn, self._turn = self._turn, {}
+        now = self.link.clock.seconds()
+        for node_id, pending in turn.items():
+            for event, on_failure in pending:
+                self._seq += 1
+                out = _Outgoing(self._seq, node_id, orjson.dumps(event).decode(),
+                                [(event.get("op"), on_failure)], now)
+                if not self.available:  # Redis went away within the turn
+                    self._failed(out, "relay_failed", "Redis unreachable")
+                    continue
+                held = self._held.get(node_id)
+                if held is not None:
+                    held.append(out)
+                else:
+                    self._send(out)
 
     def _send(self, out: _Outgoing) -> None:
         left = out.started + self.relay_timeout + LATE_MARGIN - self.link.clock.seconds()
@@ -722,10 +764,11 @@ class RedisCluster(Service):
         self._failed(out, "relay_failed", describe_failure(failure, self.relay_timeout))
 
     def _failed(self, out: _Outgoing, code: str, why: str) -> None:
-        if out.on_failure is not None:
-            out.on_failure(code)
-        else:
-            events.emit("warn", "cluster.publish_failed", op=out.op, node=out.node, code=code, error=why)
+        for op, on_failure in out.failures:
+            if on_failure is not None:
+                on_failure(code)
+            else:
+                events.emit("warn", "cluster.publish_failed", op=op, node=out.node, code=code, error=why)
 
     def _retry(self, node: str) -> None:
         held = self._held.get(node)
@@ -762,10 +805,16 @@ class RedisCluster(Service):
     # --- inbound
 
     def deliver(self, message) -> None:
+        """The events of one PUBLISH: one, or a list (one turn's batch of a node)."""
         try:
-            event = orjson.loads(message)
-            if self.hub is not None:
-                self.hub.on_event(event)
+            decoded = orjson.loads(message)
+            if self.hub is None:
+                return
+            delivered = 0
+            for event in decoded if isinstance(decoded, list) else (decoded,):
+                delivered += self.hub.on_event(event) is True
+            if delivered and self.batch is not None and self.batch.active:
+                self.batch.relayed += delivered  # timed from this read to the write, as local relays
         except Exception:
             log.failure("internal error handling a cluster event")
 
@@ -827,6 +876,7 @@ class RedisCluster(Service):
                 return
             if peer_id in remaining:
                 continue  # it lives on another node now (resumed there): nothing to announce
+            self.flush()  # anything published before goes first
             for node in {n for n in remaining.values() if n != self.node_id}:
                 try:  # not publish(): the link may not have noticed yet that Redis is back
                     yield self.link.call("publish", f"{self.link.prefix}node:{node}",
@@ -840,6 +890,7 @@ class RedisCluster(Service):
                 members = yield self.join(room_id, peer_id, token, None)
             except RedisUnavailable:
                 return
+            self.flush()
             for node in {n for n in members.values() if n != self.node_id}:
                 try:
                     yield self.link.call("publish", f"{self.link.prefix}node:{node}", orjson.dumps(
@@ -901,6 +952,7 @@ class RedisCluster(Service):
         """A clean stop: the members this node still holds leave (their rooms hear it
         now, not after the lease), and nothing of the node stays in Redis."""
         p = self.link.prefix
+        self.flush()
         try:
             if self.link.up and self.hub is not None:
                 for room_id, peer_id, token in self.hub.local_members():

@@ -34,13 +34,14 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from .domain.compare import any_secret
 from .domain.limits import TokenBucket
-from .domain.sessions import QuotaExceeded, SessionError, SessionLimits, SessionStore, StoreFull
-from .protocol import client_address
+from .domain.sessions import QuotaExceeded, SessionError, SessionStore, StoreFull
+from .policies import session_limits
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
-from .turn import api_key_matches
-from .web import HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body,
+                  request_address)
 
 log = Logger(namespace="sscontrold.rest")
 
@@ -51,19 +52,6 @@ TOO_MANY_REQUESTS = 429  # not among twisted.web.http's names
 PREFLIGHT_MAX_AGE = b"3600"
 DEFAULT_ALLOW_HEADERS = b"Content-Type"
 _HEADER_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_, ")
-
-
-def session_limits(settings) -> SessionLimits:
-    return SessionLimits(
-        ttl_default=settings.session_ttl,
-        ttl_max=settings.session_ttl_max,
-        max_attempts=settings.session_max_attempts,
-        max_count=settings.session_max_count,
-        max_per_owner=settings.session_max_per_address,
-        max_sdp_bytes=settings.max_sdp_bytes,
-        max_candidate_bytes=settings.max_candidate_bytes,
-        max_mid_length=settings.max_id_length,
-    )
 
 
 class AddressRateLimiter:
@@ -258,7 +246,7 @@ class SessionResource(Resource):
         scheme, _, value = header.decode("latin-1").strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return "bad_authorization_header"
-        return None if api_key_matches(keys, value.strip()) else "bad_api_key"
+        return None if any_secret(keys, value.strip()) else "bad_api_key"
 
     @staticmethod
     def _body(request: Request, settings) -> dict:
@@ -352,8 +340,4 @@ class SessionAPI:
         return settings
 
     def address(self, request: Request) -> str:
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", None) or str(peer)
-        forwarded = request.getHeader(b"x-forwarded-for")
-        return client_address(host, forwarded.decode("latin-1") if forwarded is not None else None,
-                              self.node.trusted_proxies)
+        return request_address(request, self.node.trusted_proxies)

@@ -57,7 +57,7 @@ def with_tls(factory, tls):
 
 class Listener(Service):
     """Binds at start-up (failing the start, before READY, when it cannot) and
-    unbinds on stop. ``port`` is the bound port, also when 0 was asked for."""
+    unbinds on stop."""
 
     def __init__(self, name: str, endpoint, factory, scheme: str, host: str = "?", port: int = 0):
         self.name = name
@@ -67,17 +67,9 @@ class Listener(Service):
         self._scheme = scheme
         self._port = None
 
-    @property
-    def bound(self) -> bool:
-        return self._port is not None
-
     def check(self) -> str | None:
         """Readiness: None when bound."""
         return None if self._port is not None else "not bound"
-
-    @property
-    def port(self) -> int | None:
-        return self._port.getHost().port if self._port is not None else None
 
     def startService(self) -> None:
         Service.startService(self)

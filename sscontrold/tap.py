@@ -30,13 +30,11 @@ from .turn import TurnResource, websocket_turn
 from .web import public_site
 
 
-def _default_text(field: config.Field) -> str:
-    value = field.default
-    if isinstance(value, tuple):
-        return ", ".join(value) or "(none)"
-    if value is None:
-        return "(unset)"
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def help_text(field: config.Field) -> str:
+    """A flag's --help line: the setting's help, its default as the INI file writes it,
+    and whether a reload applies it."""
+    default = config.default_text(field.default) or ("(none)" if isinstance(field.default, tuple) else "(unset)")
+    return f"{field.help} [default: {default}]" + (" [restart only]" if field.restart else "")
 
 
 class Options(usage.Options):
@@ -50,7 +48,7 @@ class Options(usage.Options):
         "a systemd credential of the same name."
     )
     optParameters = [["config", "c", None, "INI configuration file."]] + [
-        [field.flag, None, None, f"{field.help} [default: {_default_text(field)}]"]
+        [field.flag, None, None, help_text(field)]
         for field in config.FIELDS
         if not field.secret
     ]
@@ -144,6 +142,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
                          nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
                          cluster=cluster)
     factory = SignalingFactory(node, settings)
+    if cluster is not None:  # events from other nodes are written and timed as local reads are
+        cluster.batch = factory.batch
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
     notifier = Notifier()
     readiness = Readiness()
@@ -188,5 +188,4 @@ def makeService(options: Options, reactor=None) -> MultiService:
     reloader.setServiceParent(top)
     SystemdService(notifier, lambda: readiness.ready, node.status_line, reactor).setServiceParent(top)
     top.drain_steps.append(lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
-    top.node, top.readiness, top.reloader = node, readiness, reloader
     return top

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import math
 import random
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from prometheus_client import Counter
 from twisted.web import http
@@ -25,11 +25,11 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.auth import AuthRefused
-from .domain.compare import same_secret
+from .domain.compare import any_secret
 from .domain.client import BadMessage, Client
 from .metrics import AUTH
-from .protocol import client_address
-from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body,
+                  request_address)
 
 MAX_USER_LENGTH = 128
 TOO_MANY_REQUESTS = 429
@@ -77,6 +77,20 @@ def issue_credentials(secret: str, user: str, ttl: int, uris: Iterable[str], now
     }
 
 
+def issue(node, user: str, via: str, **context: Any) -> dict | None:
+    """The one issuer, for /turn, the WebSocket and the refresh push alike: credentials for
+    ``user`` from the settings of the moment (a reload's secrets, TTL and URIs apply at
+    once), counted and logged by ``via`` (``context``: who asked); None when TURN is off."""
+    settings = node.settings
+    if not settings.turn_secrets:
+        return None
+    credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
+                                    settings.turn_uris, node.clock.seconds())
+    CREDENTIALS_ISSUED.labels(via=via).inc()
+    node.events.emit("info", "turn.issued", via=via, **context, user=user, ttl=settings.turn_ttl)
+    return credentials
+
+
 def pick_user(settings, device_id: str | None = None, requested: Any = None) -> str:
     """The user part: an authenticated device id, else a valid requested name, else turn_user.
 
@@ -90,14 +104,6 @@ def pick_user(settings, device_id: str | None = None, requested: Any = None) -> 
             raise ValueError(f"username must be printable, without ':', at most {MAX_USER_LENGTH} characters")
         return requested
     return settings.turn_user
-
-
-def api_key_matches(keys: Sequence[str], given: str) -> bool:
-    """Constant time in the key's content and length; every key is compared (no early exit)."""
-    matched = False
-    for key in keys:
-        matched |= same_secret(key, given)
-    return matched
 
 
 # --- HTTP: /turn
@@ -175,8 +181,7 @@ class TurnResource(JSONResource):
         apply_cors(request, settings.cors_origins)
         if not settings.turn_secrets:
             return error_response(request, http.NOT_FOUND, NOT_CONFIGURED, "turn_unavailable")
-        peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
-        address = client_address(peer, _header(request, b"x-forwarded-for"), node.trusted_proxies)
+        address = request_address(request, node.trusted_proxies)
         wait = node.failures.throttle.retry_after(address) if node.authenticator.enabled else 0
         if wait > 0:  # too many failures from this address of late: not even checked
             node.failures.throttle.failed(address)
@@ -227,11 +232,9 @@ class TurnResource(JSONResource):
             user = pick_user(settings, device_id, params.get("username"))
         except ValueError as e:
             return self._error(request, HTTPError(http.BAD_REQUEST, str(e)))
-        credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
-                                        settings.turn_uris, node.clock.seconds())
-        CREDENTIALS_ISSUED.labels(via="http").inc()
-        node.events.emit("info", "turn.issued", via="http", address=address, device_id=device_id,
-                         user=user, ttl=settings.turn_ttl)
+        credentials = issue(node, user, "http", address=address, device_id=device_id)
+        if credentials is None:  # a reload switched TURN off while the nonce was checked
+            return error_response(request, http.NOT_FOUND, NOT_CONFIGURED, "turn_unavailable")
         return json_response(request, http.OK, credentials)
 
     def _authenticate(self, request: Request, params: Mapping[str, Any], address: str) -> str | None:
@@ -259,7 +262,7 @@ class TurnResource(JSONResource):
                     given = params[name]
                     break
         if given is not None:
-            if not isinstance(given, str) or not api_key_matches(keys, given):
+            if not isinstance(given, str) or not any_secret(keys, given):
                 self._refused(address, "bad_api_key")
                 raise HTTPError(http.UNAUTHORIZED, "authentication failed: invalid API key")
             AUTH.labels("accepted", "api_key").inc()
@@ -314,21 +317,15 @@ def websocket_turn(node):
     The Client only lets it run once the connection is authenticated (when auth is on).
     """
 
-    def issue(client: Client, user: str, via: str) -> dict | None:
-        settings = node.settings  # read at each issue: a reload's secrets, TTL and URIs apply
-        if not settings.turn_secrets:
-            return None
-        credentials = issue_credentials(settings.turn_secrets[0], user, settings.turn_ttl,
-                                        settings.turn_uris, node.clock.seconds())
-        CREDENTIALS_ISSUED.labels(via=via).inc()
-        node.events.emit("info", "turn.issued", via=via, address=client.address,
-                         device_id=client.device_id, peer_id=client.peer_id, user=user,
-                         ttl=settings.turn_ttl)
-        client.schedule(REFRESH_TIMER, refresh_delay(settings.turn_ttl), lambda: push(client, user))
+    def issue_and_schedule(client: Client, user: str, via: str) -> dict | None:
+        credentials = issue(node, user, via, address=client.address, device_id=client.device_id,
+                            peer_id=client.peer_id)
+        if credentials is not None:
+            client.schedule(REFRESH_TIMER, refresh_delay(credentials["ttl"]), lambda: push(client, user))
         return credentials
 
     def push(client: Client, user: str) -> None:
-        credentials = issue(client, user, "refresh")
+        credentials = issue_and_schedule(client, user, "refresh")
         if credentials is None:  # TURN switched off by a reload: nothing more to push
             node.events.emit("warn", "turn.refresh_stopped", address=client.address,
                              peer_id=client.peer_id, reason="turn_unavailable")
@@ -344,6 +341,9 @@ def websocket_turn(node):
             user = pick_user(settings, device_id, message.get("username"))
         except ValueError as e:
             raise BadMessage(str(e)) from None
-        client.send({"type": "turn_credentials", **issue(client, user, "websocket")})
+        credentials = issue_and_schedule(client, user, "websocket")
+        if credentials is None:  # not reached: checked above, on the same settings
+            raise BadMessage(NOT_CONFIGURED, "turn_unavailable")
+        client.send({"type": "turn_credentials", **credentials})
 
     return handle_turn

@@ -37,6 +37,31 @@ HTTP_STALLS = Counter("sscontrol_http_stalls_total", "Times an HTTP connection s
                       "client did not read the answers to the requests it pipelined.")
 
 
+def client_address(peer_host: str, forwarded_for: str | None, trusted_proxies: frozenset[str]) -> str:
+    """The client's address: the TCP peer, or what a trusted proxy says it forwarded.
+
+    X-Forwarded-For is read right to left, skipping trusted proxies, so a client
+    cannot forge its address by sending the header itself.
+    """
+    if peer_host not in trusted_proxies or not forwarded_for:
+        return peer_host
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return hop
+    return hops[0] if hops else peer_host
+
+
+def request_address(request: Request, trusted_proxies: frozenset[str]) -> str:
+    """The client address of an HTTP request (REST, /turn, the Origin gate) by the rule of
+    ``client_address``, every X-Forwarded-For line read in order, as the WebSocket
+    handshake reads them (Autobahn joins repeated header lines with commas)."""
+    peer = getattr(request.getClientAddress(), "host", None) or "unknown"  # None: not over IP
+    lines = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+    forwarded = ", ".join(line.decode("latin-1") for line in lines) if lines else None
+    return client_address(peer, forwarded, trusted_proxies)
+
+
 def endpoint_label(path: bytes) -> str:
     first = path.split(b"?", 1)[0].lstrip(b"/").split(b"/", 1)[0].decode("ascii", "replace")
     return ENDPOINTS.get(first, "other")

@@ -4,6 +4,7 @@ Redis going away and coming back."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -167,3 +168,37 @@ def test_a_leave_during_a_redis_stall_reaches_the_other_nodes_after_it(daemon_fa
     wait_ready(nodes[0], 200)
     left = [m for m in drain_messages(b, 6) if m.get("type") == "peer_left"]
     assert left == [{"type": "peer_left", "peer_id": leaver_id}]  # no ghost left behind in Redis
+
+
+def _publishes(redis) -> int:
+    info = redis.command("INFO", "commandstats").decode()
+    for line in info.splitlines():
+        if line.startswith("cmdstat_publish:"):
+            return int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
+def test_cross_node_relays_batched_per_read_and_timed_on_the_receiver(cluster):
+    """The ice messages of one WebSocket read, to a peer on another node: delivered in
+    order, one PUBLISH each in the format every node version reads, written to Redis
+    together, and timed on the receiving node like local relays."""
+    from test_admin import scrape, value
+    from wsclient import RawPeer
+
+    redis, (n1, n2, _) = cluster
+    a = RawPeer("127.0.0.1", n1.port)
+    a.send_json({"type": "join", "room_id": "batch"})
+    a_id = a.recv_json()["peer_id"]
+    b = connect(n2.ws)
+    b_id = b.join("batch")["peer_id"]
+    assert a.recv_json() == {"type": "new_peer", "peer_id": b_id}
+    before, timed = _publishes(redis), value(scrape(n2), "sscontrol_relay_latency_seconds_count")
+    frames = b"".join(RawPeer.frame(0x1, json.dumps({"type": "ice", "to": b_id, "candidate": f"c{i}",
+                                                         "sdp_mid": "0", "sdp_mline_index": 0}).encode())
+                      for i in range(40))
+    a.send_raw(frames)  # one TCP write: read by the node in one or a few reads
+    got = [b.recv() for _ in range(40)]
+    assert [m["candidate"] for m in got] == [f"c{i}" for i in range(40)]
+    assert all(m["from"] == a_id for m in got)
+    assert _publishes(redis) - before >= 40  # one each: a node of an earlier version reads them
+    assert value(scrape(n2), "sscontrol_relay_latency_seconds_count") - timed == 40

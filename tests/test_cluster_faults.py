@@ -9,6 +9,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from test_admin import scrape, value
 from test_redis import wait_degraded, wait_ready
 from wsclient import ConnectionClosed, RawPeer, auth_message, connect

@@ -65,7 +65,10 @@ def test_api_keys_from_env_file_and_systemd_credentials(tmp_path):
     (({"port": "70000"}, {}), "invalid setting port from command line --port: expected a whole number "
                               "from 0 to 65535, got '70000'"),
     (({"rate_limit_per_second": "fast"}, {}), "invalid setting rate_limit_per_second from command line "
-                                              "--rate-limit-per-second: expected a number of seconds"),
+                                              "--rate-limit-per-second: expected a rate, in messages per second"),
+    (({"rate_limit_per_second": "0"}, {}), "invalid setting rate_limit_per_second from command line "
+                                           "--rate-limit-per-second: expected a rate of at least 0.01 "
+                                           "messages per second, got '0'"),
     (({"admin_enabled": "maybe"}, {}), "expected true or false"),
     (({"log_level": "loud"}, {}), "invalid setting log_level"),
     (({"max_frame_bytes": "100000"}, {}), "invalid setting max_frame_bytes from command line --max-frame-bytes: "
@@ -130,12 +133,27 @@ def test_help_documents_every_option():
     result = subprocess.run([TWISTD, "sscontrol-signaling", "--help"], capture_output=True, text=True,
                             cwd=str(ROOT), timeout=30)
     assert result.returncode == 0
+    # each option's block: its line and the wrapped lines under it, joined
+    blocks: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        if line.lstrip().startswith("-"):
+            flag, _, text = line.strip().partition("=")
+            blocks[flag.split()[-1]] = text
+        elif line.startswith(" ") and blocks:
+            blocks[next(reversed(blocks))] += " " + line.strip()
+    blocks = {flag: " ".join(text.split()) for flag, text in blocks.items()}
     for field in config.FIELDS:
         if field.secret:
-            assert f"--{field.flag}=" not in result.stdout  # secrets never on argv
-        else:
-            assert f"--{field.flag}=" in result.stdout
-    assert "--config=" in result.stdout
+            assert f"--{field.flag}" not in blocks  # secrets never on argv
+            continue
+        text = blocks[f"--{field.flag}"]
+        # the table's help and default, and whether a reload applies it (usage wraps lines
+        # at spaces and after hyphens: compare without the white space)
+        assert "".join(text.split()).startswith("".join(field.help.split())), field.name
+        default = config.default_text(field.default) or ("(none)" if isinstance(field.default, tuple) else "(unset)")
+        assert f"[default: {default}]" in text, (field.name, text)
+        assert text.endswith("[restart only]") == field.restart, field.name
+    assert "--config" in blocks
 
 
 def test_bad_value_exits_with_one_line_before_binding():
@@ -146,3 +164,27 @@ def test_bad_value_exits_with_one_line_before_binding():
     result = run_refused("--max-peers-per-room", "0")
     assert result.returncode != 0 and "max_peers_per_room" in result.stderr and len(
         result.stderr.strip().splitlines()) == 1
+
+
+def test_domain_limits_take_every_setting_from_the_table():
+    """config.FIELDS is the only source of a default: the domain's limits have none of
+    their own, and built from the defaults they hold the table's values."""
+    import dataclasses
+
+    from sscontrold import policies
+    from sscontrold.domain.auth import AuthPolicy
+    from sscontrold.domain.client import MessageLimits
+    from sscontrold.domain.rooms import HoldLimits
+    from sscontrold.domain.sessions import SessionLimits
+
+    # fixed bounds of the REST session format, not settings
+    format_bounds = {"max_candidates", "max_public_key_bytes", "max_pin_hash_bytes"}
+    for cls in (AuthPolicy, MessageLimits, HoldLimits, SessionLimits):
+        for field in dataclasses.fields(cls):
+            if field.name not in format_bounds:
+                assert field.default is dataclasses.MISSING, f"{cls.__name__}.{field.name} restates a default"
+    defaults = config.defaults()
+    assert policies.message_limits(defaults).rate_per_second == config.FIELDS_BY_NAME["rate_limit_per_second"].default
+    assert policies.hold_limits(defaults).grace == config.FIELDS_BY_NAME["resume_grace"].default
+    assert policies.session_limits(defaults).ttl_max == config.FIELDS_BY_NAME["session_ttl_max"].default
+    assert policies.auth_policy(defaults).window == config.FIELDS_BY_NAME["auth_window"].default

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from sscontrold.domain.auth import Authenticator, AuthPolicy, AuthRefused, MemoryNonceStore, compute_token
-from sscontrold.domain.client import Client, MessageLimits, Outcome
+from defaults import auth_policy, message_limits
+from sscontrold.domain.auth import Authenticator, AuthRefused, MemoryNonceStore, compute_token
+from sscontrold.domain.client import Client, Outcome
 from sscontrold.domain.limits import ConnectionCounter, TokenBucket
 from sscontrold.domain.metrics import MemoryRecorder
 from sscontrold.domain.rooms import Hub, NotInRoom, RoomFull, UnknownPeer
@@ -38,8 +39,9 @@ class NullEvents:
         self.events.append((level, event, fields))
 
 
-def make_client(hub, clock, keys=(), limits=MessageLimits(), nonces=None, recorder=None):
-    auth = Authenticator(AuthPolicy(api_keys=tuple(keys)), nonces or MemoryNonceStore(clock.seconds, 1000),
+def make_client(hub, clock, keys=(), limits=None, nonces=None, recorder=None):
+    limits = message_limits() if limits is None else limits
+    auth = Authenticator(auth_policy(api_keys=tuple(keys)), nonces or MemoryNonceStore(clock.seconds, 1000),
                          clock.seconds)
     conn = FakeConnection()
     return Client(conn, hub, auth, limits, clock, NullEvents(), "192.0.2.1", recorder=recorder), conn
@@ -138,8 +140,8 @@ def test_authenticator_window_skew_replay_rotation_allowlist():
     clock = Clock()
     clock.advance(1_000_000)
     store = MemoryNonceStore(clock.seconds, 1000)
-    auth = Authenticator(AuthPolicy(("k1", "k2"), window=300, clock_skew=30, device_allowlist=frozenset({"d"})),
-                         store, clock.seconds)
+    auth = Authenticator(auth_policy(api_keys=("k1", "k2"), window=300, clock_skew=30,
+                                     device_allowlist=frozenset({"d"})), store, clock.seconds)
     now = int(clock.seconds())
 
     def verify(key="k1", device="d", ts=now, nonce="n"):
@@ -208,7 +210,7 @@ def test_connection_counter():
 
 def test_client_auth_deadline_and_failures():
     clock, hub = Clock(), Hub(4)
-    client, conn = make_client(hub, clock, keys=("k",), limits=MessageLimits(auth_timeout=5))
+    client, conn = make_client(hub, clock, keys=("k",), limits=message_limits(auth_timeout=5))
     clock.advance(4.9)
     assert conn.closed_with is None
     clock.advance(0.2)
@@ -245,7 +247,7 @@ def test_client_relay_overwrites_from_and_leaves_on_disconnect():
 
 def test_client_sizes_are_measured_in_bytes():
     clock, hub = Clock(), Hub(4)
-    a, a_conn = make_client(hub, clock, limits=MessageLimits(max_sdp_bytes=10))
+    a, a_conn = make_client(hub, clock, limits=message_limits(max_sdp_bytes=10))
     b, _ = make_client(hub, clock)
     send(a, {"type": "join", "room_id": "r"})
     send(b, {"type": "join", "room_id": "r"})

@@ -7,8 +7,9 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from defaults import hold_limits
 from sscontrold.domain.cluster import ClusterHub, ClusterUnavailable
-from sscontrold.domain.rooms import HoldLimits, RoomFull
+from sscontrold.domain.rooms import RoomFull
 from sscontrold.node import Waiter
 
 
@@ -117,7 +118,7 @@ def nodes():
     shared = Store()
     clock = Clock()
     for name in ("n1", "n2", "n3"):
-        shared.hubs[name] = ClusterHub(3, clock, HoldLimits(grace=10), shared.node(name), spawn, Events(),
+        shared.hubs[name] = ClusterHub(3, clock, hold_limits(grace=10), shared.node(name), spawn, Events(),
                                        lambda timeout: Waiter(clock, timeout))
     shared.clock = clock
     return shared, shared.hubs["n1"], shared.hubs["n2"]

@@ -10,7 +10,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from sscontrold.domain.rooms import HoldLimits, Hub, NotInRoom, RoomFull, UnknownPeer, UnknownToken
+from defaults import hold_limits
+from sscontrold.domain.rooms import Hub, NotInRoom, RoomFull, UnknownPeer, UnknownToken
 from test_domain_cluster import M as ClusterMember, nodes, run  # noqa: F401  (nodes: a fixture)
 
 
@@ -44,7 +45,7 @@ class Rec:
 
 def test_a_join_that_overflows_a_held_peer_places_the_joiner_and_evicts_only_the_held():
     clock = Clock()
-    hub = Hub(16, clock, HoldLimits(grace=10, max_messages=4))
+    hub = Hub(16, clock, hold_limits(grace=10, max_messages=4))
     a, f, h = Rec("A"), Rec("F"), Rec("H")
     for m in (a, f, h):
         m.view = set(hub.join(m, "r"))
@@ -63,7 +64,7 @@ def test_a_join_that_overflows_a_held_peer_places_the_joiner_and_evicts_only_the
 
 def test_a_relay_that_overflows_the_held_peer_evicts_it_after_the_send():
     clock = Clock()
-    hub = Hub(16, clock, HoldLimits(grace=10, max_messages=2))
+    hub = Hub(16, clock, hold_limits(grace=10, max_messages=2))
     a, b, c = Rec("a"), Rec("b"), Rec("c")
     for m in (a, b, c):
         hub.join(m, "r")
@@ -81,7 +82,7 @@ def test_a_relay_that_overflows_the_held_peer_evicts_it_after_the_send():
 
 
 def test_resume_tokens_are_single_use_and_rotated():
-    hub = Hub(4, Clock(), HoldLimits(grace=10))
+    hub = Hub(4, Clock(), hold_limits(grace=10))
     a, b = Rec("a"), Rec("b")
     hub.join(a, "r")
     hub.join(b, "r")
@@ -99,7 +100,7 @@ def test_resume_tokens_are_single_use_and_rotated():
 
 
 def test_a_token_is_bound_to_the_device_and_a_refusal_leaves_the_live_peer_alone():
-    hub = Hub(4, Clock(), HoldLimits(grace=10))
+    hub = Hub(4, Clock(), hold_limits(grace=10))
     a, b = Rec("a", device="dev-a"), Rec("b", device="dev-b")
     hub.join(a, "r")
     hub.join(b, "r")
@@ -116,7 +117,7 @@ def test_a_token_is_bound_to_the_device_and_a_refusal_leaves_the_live_peer_alone
 
 
 def test_a_clean_leave_voids_the_token():
-    hub = Hub(4, Clock(), HoldLimits(grace=10))
+    hub = Hub(4, Clock(), hold_limits(grace=10))
     a, b = Rec("a"), Rec("b")
     hub.join(a, "r")
     hub.join(b, "r")
@@ -181,7 +182,7 @@ class HubMachine(RuleBasedStateMachine):
     @initialize()
     def start(self):
         self.clock = Clock()
-        self.hub = Hub(3, self.clock, HoldLimits(grace=5, max_messages=3, max_bytes=10_000))
+        self.hub = Hub(3, self.clock, hold_limits(grace=5, max_messages=3, max_bytes=10_000))
         self.live: list[Rec] = []  # members whose connection is up
         self.tokens: list[str] = []  # every token handed out
         self.spent: set[str] = set()

@@ -203,6 +203,29 @@ def test_reload_applies_limits_and_keeps_connections(daemon_factory, tmp_path):
     assert a.request({"type": "join", "room_id": "r"})["type"] == "peers"
 
 
+def test_reload_of_a_restart_only_setting_warns_naming_it(daemon_factory, tmp_path):
+    conf = tmp_path / "signaling.conf"
+    conf.write_text("[auth]\nnonce_store_max = 5000\n[limits]\nmax_peers_per_room = 5\n")
+    d = daemon_factory("--config", str(conf))
+    # A reloadable setting changes quietly; restart-only ones are named, each reload until the restart.
+    conf.write_text("[auth]\nnonce_store_max = 6000\n[limits]\nmax_peers_per_room = 4\n"
+                    "[redis]\nredis_prefix = other:\n")
+    for reloads in (1, 2):
+        d.signal(signal.SIGHUP)
+        wait_log(d, "reload.done", count=reloads)
+    warned = [line for line in d.log().splitlines() if "reload.restart_needed" in line]
+    assert len(warned) == 4, d.log()
+    assert sum("setting=nonce_store_max" in line for line in warned) == 2
+    assert sum("setting=redis_prefix" in line for line in warned) == 2
+    assert all("takes effect on restart" in line for line in warned)
+    assert "max_peers_per_room" not in "".join(warned)
+    # log_format is reloadable: the lines after the reload are JSON
+    conf.write_text("[log]\nlog_format = json\n")
+    d.signal(signal.SIGHUP)
+    wait_log(d, '"event":"reload.done"')
+    assert json.loads(d.log().splitlines()[-1])["event"] == "reload.done"
+
+
 # --- drain
 
 

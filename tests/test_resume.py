@@ -9,9 +9,10 @@ import time
 import pytest
 from twisted.internet.task import Clock
 
-from sscontrold.domain.auth import Authenticator, AuthPolicy, MemoryNonceStore
-from sscontrold.domain.client import Client, MessageLimits
-from sscontrold.domain.rooms import HoldLimits, Hub, UnknownToken
+from defaults import auth_policy, hold_limits, message_limits
+from sscontrold.domain.auth import Authenticator, MemoryNonceStore
+from sscontrold.domain.client import Client
+from sscontrold.domain.rooms import Hub, UnknownToken
 from test_domain import FakeConnection, NullEvents, send
 from wsclient import RawPeer, connect
 
@@ -141,7 +142,7 @@ class M:
 
 def test_hub_hold_overflow_ends_with_peer_left():
     clock = Clock()
-    hub = Hub(4, clock, HoldLimits(grace=10, max_messages=3, max_bytes=10_000))
+    hub = Hub(4, clock, hold_limits(grace=10, max_messages=3, max_bytes=10_000))
     a, b = M("a"), M("b")
     hub.join(a, "r")
     hub.join(b, "r")
@@ -160,7 +161,7 @@ def test_hub_hold_overflow_ends_with_peer_left():
 
 def test_hub_resume_then_old_member_cannot_leave():
     clock = Clock()
-    hub = Hub(4, clock, HoldLimits(grace=10))
+    hub = Hub(4, clock, hold_limits(grace=10))
     a, b = M("a"), M("b")
     hub.join(a, "r")
     hub.join(b, "r")
@@ -179,12 +180,12 @@ def test_hub_resume_then_old_member_cannot_leave():
 
 def test_messages_during_the_drain_close_handshake_are_held():
     clock = Clock()
-    hub = Hub(4, clock, HoldLimits(grace=10))
+    hub = Hub(4, clock, hold_limits(grace=10))
 
-    auth = Authenticator(AuthPolicy(()), MemoryNonceStore(clock.seconds, 100), clock.seconds)
+    auth = Authenticator(auth_policy(api_keys=()), MemoryNonceStore(clock.seconds, 100), clock.seconds)
     a_conn, b_conn = FakeConnection(), FakeConnection()
-    a = Client(a_conn, hub, auth, MessageLimits(), clock, NullEvents(), "x")
-    b = Client(b_conn, hub, auth, MessageLimits(), clock, NullEvents(), "y")
+    a = Client(a_conn, hub, auth, message_limits(), clock, NullEvents(), "x")
+    b = Client(b_conn, hub, auth, message_limits(), clock, NullEvents(), "y")
     send(a, {"type": "join", "room_id": "r"})
     send(b, {"type": "join", "room_id": "r"})
     token = b_conn.sent[-1]["resume_token"]
@@ -195,7 +196,7 @@ def test_messages_during_the_drain_close_handshake_are_held():
     assert a_conn.sent[-1]["sdp"] == "b's last words"
     b.disconnected(resumable=True)  # the close handshake ends
     newer = FakeConnection()
-    c = Client(newer, hub, auth, MessageLimits(), clock, NullEvents(), "z")
+    c = Client(newer, hub, auth, message_limits(), clock, NullEvents(), "z")
     send(c, {"type": "resume", "resume_token": token})
     assert [m["type"] for m in newer.sent] == ["resumed", "offer"]
     assert newer.sent[1]["sdp"] == "sent during the close handshake"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from defaults import session_limits
 from sscontrold.domain import sessions as S
 from sscontrold.domain.metrics import MemoryRecorder
-from sscontrold.domain.sessions import SessionLimits, SessionStore
+from sscontrold.domain.sessions import SessionStore
 
 T0 = 1_700_000_000.25
 
@@ -37,7 +38,7 @@ def clock():
 
 @pytest.fixture
 def store(clock):
-    return SessionStore(clock, SessionLimits())
+    return SessionStore(clock, session_limits())
 
 
 def status_of(fn, *args, **kw):
@@ -74,7 +75,7 @@ def test_optional_fields_left_out_and_nulls_accepted(store):
 
 
 def test_ttl_default_cap_and_minimum(clock):
-    store = SessionStore(clock, SessionLimits(ttl_default=60, ttl_max=120))
+    store = SessionStore(clock, session_limits(ttl_default=60, ttl_max=120))
     assert store.create(body("a")).expires_at == int(T0) + 61
     assert store.create(body("b", ttl=10)).expires_at == int(T0) + 11
     assert store.create(body("c", ttl=10_000)).expires_at == int(T0) + 121  # capped, not refused
@@ -87,7 +88,7 @@ def test_ttl_default_cap_and_minimum(clock):
 
 def test_expiry_is_whole_seconds_and_at_least_ttl():
     clock = Clock(1000.0)
-    store = SessionStore(clock)
+    store = SessionStore(clock, session_limits())
     s = store.create(body(ttl=5))
     assert s.expires_at == 1005
     clock.t = 1004.999
@@ -109,7 +110,7 @@ def test_create_over_expired_session_and_tombstone(store, clock):
 
 
 def test_count_limit(clock):
-    store = SessionStore(clock, SessionLimits(max_count=2))
+    store = SessionStore(clock, session_limits(max_count=2))
     store.create(body("a", ttl=5))
     store.create(body("b", ttl=50))
     assert status_of(store.create, body("c")) == (503, "too many sessions, try again later")
@@ -213,11 +214,11 @@ def test_gets_after_the_answer_do_not_count(store):
 
 
 def test_max_attempts_follows_limits(clock):
-    store = SessionStore(clock, SessionLimits(max_attempts=1))
+    store = SessionStore(clock, session_limits(max_attempts=1))
     store.create(body(), owner="host")
     store.get("abc123", "v")
     assert status_of(store.get, "abc123", "v")[0] == 429
-    store.limits = SessionLimits(max_attempts=5)  # a reload
+    store.limits = session_limits(max_attempts=5)  # a reload
     store.create(body(), owner="host")
     for _ in range(5):
         store.get("abc123", "v")
@@ -277,7 +278,7 @@ def test_ice_validation(store, payload, message):
 
 
 def test_ice_candidates_are_bounded(clock):
-    store = SessionStore(clock, SessionLimits(max_candidates=2))
+    store = SessionStore(clock, session_limits(max_candidates=2))
     store.create(body(candidates=[]))
     for _ in range(2):
         store.add_ice("abc123", {"role": "client", "candidate": {"candidate": "c"}})
@@ -344,7 +345,7 @@ def test_expiry_heap_survives_churn(store, clock):
 
 def test_gauge_tracks_live_sessions(clock):
     recorder = MemoryRecorder()
-    store = SessionStore(clock, recorder=recorder)
+    store = SessionStore(clock, session_limits(), recorder=recorder)
 
     def gauge():
         return recorder.sessions_held

@@ -17,11 +17,11 @@ from conftest import http, http_json
 from coturn import allocate
 from sscontrold import config
 from sscontrold.domain.client import BadMessage
+from sscontrold.domain.compare import any_secret
 from sscontrold.logging import Events
 from sscontrold.node import SignalingNode
 from sscontrold.turn import (
     TurnResource,
-    api_key_matches,
     issue_credentials,
     pick_user,
     turn_password,
@@ -98,10 +98,22 @@ def test_user_part_rules(tmp_path):
 
 
 def test_api_key_comparison():
-    assert api_key_matches(("a", "bb"), "bb")
-    assert not api_key_matches(("a", "bb"), "b")
-    assert not api_key_matches(("a", "bb"), "bbb")
-    assert not api_key_matches((), "")
+    assert any_secret(("a", "bb"), "bb")
+    assert not any_secret(("a", "bb"), "b")
+    assert not any_secret(("a", "bb"), "bbb")
+    assert not any_secret((), "")
+
+
+def test_one_issuer_for_http_websocket_and_refresh():
+    """/turn, {"type": "turn"} and the refresh push all go through turn.issue."""
+    import inspect
+    import re
+
+    from sscontrold import turn
+    source = inspect.getsource(turn)
+    assert len(re.findall(r"[^_]issue_credentials\(", source)) == 2  # its definition and turn.issue
+    assert "issue_credentials(" in inspect.getsource(turn.issue)
+    assert source.count('"turn.issued"') == 1
 
 
 def test_resource_reads_settings_at_request_time_and_counts(tmp_path):

@@ -11,7 +11,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-from .compare import same_secret
+from .compare import any_secret
 
 
 class AuthRefused(Exception):
@@ -72,9 +72,9 @@ def compute_token(api_key: str, device_id: str, timestamp: int, nonce: str) -> s
 @dataclass(frozen=True)
 class AuthPolicy:
     api_keys: tuple[str, ...]
-    window: float = 300.0
-    clock_skew: float = 30.0
-    device_allowlist: frozenset[str] = frozenset()
+    window: float  # built from the settings by sscontrold.policies
+    clock_skew: float
+    device_allowlist: frozenset[str]
 
     @property
     def enabled(self) -> bool:
@@ -123,7 +123,4 @@ async def _refuse_replay(fresh) -> None:
 
 
 def _matches_any(keys: Iterable[str], device_id: str, timestamp: int, nonce: str, token: str) -> bool:
-    matched = False
-    for key in keys:  # no early exit: the time taken does not say which key matched
-        matched |= same_secret(compute_token(key, device_id, timestamp, nonce), token)
-    return matched
+    return any_secret([compute_token(key, device_id, timestamp, nonce) for key in keys], token)

@@ -26,7 +26,7 @@ from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 # WebSocket close codes (RFC 6455 section 7.4.1)
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
+CLOSE_TOO_BIG = 1009  # sent by Autobahn (max_message_bytes, max_frame_bytes); docs/protocol.md lists it
 
 MAX_AUTH_FAILURES = 5  # then the connection is closed with 1008
 
@@ -74,13 +74,15 @@ class Events(Protocol):
 
 @dataclass(frozen=True)
 class MessageLimits:
-    max_id_length: int = 128
-    max_sdp_bytes: int = 60000
-    max_candidate_bytes: int = 2048
-    rate_per_second: float = 50.0
-    rate_burst: int = 200
-    rate_strikes: int = 50
-    auth_timeout: float = 10.0
+    """Built from the settings by sscontrold.policies (no defaults here: config.FIELDS has them)."""
+
+    max_id_length: int
+    max_sdp_bytes: int
+    max_candidate_bytes: int
+    rate_per_second: float
+    rate_burst: int
+    rate_strikes: int
+    auth_timeout: float
 
 
 class BadMessage(Exception):

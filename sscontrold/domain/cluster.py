@@ -495,7 +495,9 @@ class ClusterHub(Hub):
 
     admin = None  # the node's Administration (domain/admin.py): operator requests from other nodes
 
-    def on_event(self, event: dict) -> None:
+    def on_event(self, event: dict) -> bool | None:
+        """Handle an event from another node; True when it was a relayed message
+        delivered here (the adapter times it like a local relay)."""
         op, room_id = event.get("op"), event.get("room")
         if op in ("admin", "admin_reply"):
             if self.admin is not None:
@@ -541,6 +543,7 @@ class ClusterHub(Hub):
             if target is not None:
                 self._deliver(target, event["msg"], event.get("node", ""))
                 self._settle()
+                return True
         elif op == "joined":
             peer, node = event["peer"], event["node"]
             remote = self._remote.setdefault(room_id, {})

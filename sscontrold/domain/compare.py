@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Iterable
 
 
 def _digest(value: str | bytes) -> bytes:
@@ -19,3 +20,12 @@ def same_secret(a: str | bytes | None, b: str | bytes | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return hmac.compare_digest(_digest(a), _digest(b))
+
+
+def any_secret(secrets: Iterable[str | bytes], given: str | bytes | None) -> bool:
+    """Whether ``given`` equals one of ``secrets`` (several during a rotation). Every one
+    is compared, no early exit: the time taken does not say which matched."""
+    matched = False
+    for secret in secrets:
+        matched |= same_secret(secret, given)
+    return matched

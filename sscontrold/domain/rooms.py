@@ -46,9 +46,11 @@ class UnknownToken(Exception):
 
 @dataclass(frozen=True)
 class HoldLimits:
-    grace: float = 10.0  # seconds a dropped peer keeps its place; 0: no resume
-    max_messages: int = 256
-    max_bytes: int = 1024 * 1024
+    """Built from the settings by sscontrold.policies (no defaults here: config.FIELDS has them)."""
+
+    grace: float  # seconds a dropped peer keeps its place; 0: no resume
+    max_messages: int
+    max_bytes: int
 
 
 class Held:
@@ -101,12 +103,12 @@ def bound_device(member: Any) -> str | None:
 class Hub:
     """Room membership and relay; a peer is in at most one room."""
 
-    def __init__(self, max_peers_per_room: int, clock=None, hold: HoldLimits = HoldLimits(),
+    def __init__(self, max_peers_per_room: int, clock=None, hold: HoldLimits | None = None,
                  recorder: Recorder | None = None):
         self.max_peers_per_room = max_peers_per_room
         self.recorder = recorder if recorder is not None else MemoryRecorder()
         self.clock = clock
-        self.hold = hold
+        self.hold = hold  # None (or no clock): a dropped peer leaves at once
         self._rooms: dict[str, dict[str, Member]] = {}
         self._room_of: dict[str, str] = {}
         self._token_of: dict[str, str] = {}  # peer id -> resume token
@@ -277,7 +279,7 @@ class Hub:
         room_id = self.room_of(member)
         if room_id is None:
             return False
-        if self.hold.grace <= 0 or self.clock is None:
+        if self.hold is None or self.hold.grace <= 0 or self.clock is None:
             self.leave(member)
             return False
         held = Held(member.peer_id, self.hold)

@@ -113,14 +113,16 @@ def quota_exceeded(limit: int, earliest_expiry: float, now: float) -> QuotaExcee
 
 @dataclass(frozen=True)
 class SessionLimits:
-    ttl_default: int = 300
-    ttl_max: int = 3600
-    max_attempts: int = 3
-    max_count: int = 2000
-    max_per_owner: int = 20  # live sessions one creator address may hold
-    max_sdp_bytes: int = 60000
-    max_candidate_bytes: int = 2048
-    max_mid_length: int = 128
+    # The settings' part is built by sscontrold.policies (config.FIELDS has the defaults);
+    # the rest are fixed bounds of the REST session format.
+    ttl_default: int
+    ttl_max: int
+    max_attempts: int
+    max_count: int
+    max_per_owner: int  # live sessions one creator address may hold
+    max_sdp_bytes: int
+    max_candidate_bytes: int
+    max_mid_length: int
     max_candidates: int = 64  # per list (host candidates, client candidates)
     max_public_key_bytes: int = 8192
     max_pin_hash_bytes: int = 512
@@ -338,10 +340,10 @@ class SessionStore:
     """In-memory sessions. ``limits`` may be replaced at any time (settings reload);
     existing sessions keep their expiry."""
 
-    def __init__(self, clock: Callable[[], float], limits: SessionLimits | None = None,
+    def __init__(self, clock: Callable[[], float], limits: SessionLimits,
                  recorder: Recorder | None = None):
         self.clock = clock
-        self.limits = limits or SessionLimits()
+        self.limits = limits
         self.recorder = recorder if recorder is not None else MemoryRecorder()
         self._sessions: dict[str, Session] = {}
         self._expiry: list[tuple[int, str]] = []  # heap; entries of deleted sessions linger
