@@ -142,7 +142,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     node = SignalingNode(settings, reactor, events,
                          nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
                          cluster=cluster)
-    factory = SignalingFactory(node, settings)
+    factory = SignalingFactory(node, settings, reactor)
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
     notifier = Notifier()
     readiness = Readiness()
@@ -151,7 +151,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     health = HealthSummary(readiness, lambda: {**node.summary(), "sessions": sessions.store.count()})
     site = public_site(factory, health, settings.handshake_timeout, settings.session_body_max_bytes,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node),
-                              b"connection-test": ConnectionTestPage(node)})
+                              b"connection-test": ConnectionTestPage(node)}, reactor=reactor)
     site.resource = OriginGate(site.resource, node)  # allowed_origins, before any upgrade
 
     top = DrainingService(reactor)
@@ -168,7 +168,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if settings.admin_enabled:
         actions = admin_actions(node, lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
         sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes,
-                                actions))
+                                actions, reactor=reactor))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
                                   sites[-1], "http", settings.admin_host, settings.admin_port))
     for listener in listeners:
