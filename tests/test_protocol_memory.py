@@ -16,7 +16,6 @@ import pytest
 
 from memory import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, frame
 
-pytestmark = pytest.mark.memory
 
 KEY = "k" * 32
 SECRET = "turn-secret-" + "s" * 20
