@@ -77,36 +77,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.fast)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    seconds: dict[str, float] = defaultdict(float)
-    for key, reports in terminalreporter.stats.items():
-        for report in reports:
-            nodeid = getattr(report, "nodeid", None)
-            if nodeid not in _layer_of or getattr(report, "when", None) is None:
-                continue
-            layer = _layer_of[nodeid]
-            seconds[layer] += report.duration
-            if key in ("passed", "failed", "skipped", "xfailed", "xpassed", "error") and (
-                    report.when == "call" or key in ("skipped", "error")):
-                outcomes[layer][key] += 1
-    if not outcomes:
+_outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+_seconds: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    layer = _layer_of.get(report.nodeid)
+    if layer is None:
         return
-    # setup/teardown durations of passed tests are filed under "" by pytest: add them
-    for report in terminalreporter.stats.get("", []):
-        nodeid = getattr(report, "nodeid", None)
-        if nodeid in _layer_of:
-            seconds[_layer_of[nodeid]] += report.duration
+    _seconds[layer] += report.duration  # set-up, call and tear-down
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _outcomes[layer][report.outcome] += 1
+    elif report.when == "teardown" and report.failed:
+        _outcomes[layer]["error"] += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _outcomes:
+        return
     terminalreporter.section("test layers")
     fast_seconds = fast_count = 0
     for layer in LAYERS:
-        if layer not in outcomes:
+        if layer not in _outcomes:
             continue
-        counts = ", ".join(f"{n} {key}" for key, n in sorted(outcomes[layer].items()))
-        terminalreporter.write_line(f"{layer:>9}: {counts:<40} {seconds[layer]:7.1f} s of test time")
+        counts = ", ".join(f"{n} {key}" for key, n in sorted(_outcomes[layer].items()))
+        terminalreporter.write_line(f"{layer:>9}: {counts:<40} {_seconds[layer]:7.1f} s of test time")
         if layer in FAST_LAYERS:
-            fast_seconds += seconds[layer]
-            fast_count += sum(outcomes[layer].values())
+            fast_seconds += _seconds[layer]
+            fast_count += sum(_outcomes[layer].values())
     if fast_count:
         verdict = "within" if fast_seconds < FAST_BUDGET_SECONDS else "OVER"
         terminalreporter.write_line(f"fast layers: {fast_count} tests in {fast_seconds:.1f} s of test time "
