@@ -642,3 +642,17 @@ def test_reload_sizes_apply_to_new_connections_only(memory_daemon, tmp_path):
     new.join("room")
     new.send_raw(frame(TEXT, padded))
     assert new.close_code() == 1009
+
+
+def test_per_address_limits_count_the_address_a_trusted_proxy_forwarded(memory_daemon):
+    from memory import Connection
+
+    d = memory_daemon("--trusted-proxies", "127.0.0.1", "--max-connections-per-ip", "1")
+
+    def through_proxy(forwarded: str, port: int) -> str:
+        status, _, _ = Connection(d.site, port).handshake(extra=f"X-Forwarded-For: {forwarded}\r\n")
+        return status
+
+    assert through_proxy("10.9.9.9, 10.0.0.1", 41010).endswith("101 Switching Protocols")
+    assert through_proxy("10.0.0.1", 41011).startswith("HTTP/1.1 429 ")  # the same client
+    assert through_proxy("10.0.0.2, 127.0.0.1", 41012).endswith("101 Switching Protocols")  # proxies skipped
