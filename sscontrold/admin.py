@@ -130,7 +130,7 @@ class HealthSummary:
 
 
 def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, max_body_bytes: int,
-               extra=None) -> Site:
+               extra=None, reactor=None) -> Site:
     root = JSONRoot()
     root.putChild(b"health", Health(health))
     root.putChild(b"ready", Ready(readiness))
@@ -138,4 +138,4 @@ def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, max_
     root.putChild(b"metrics", Metrics(ReadinessCollector(readiness)))
     for name, resource in (extra or {}).items():  # the operators' actions (admin_actions.py)
         root.putChild(name, resource)
-    return QuietSite(root, timeout, max_body_bytes)
+    return QuietSite(root, timeout, max_body_bytes, reactor=reactor)

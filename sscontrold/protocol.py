@@ -357,8 +357,8 @@ class SignalingFactory(WebSocketServerFactory):
     protocol = SignalingProtocol
     noisy = False
 
-    def __init__(self, node, settings):
-        WebSocketServerFactory.__init__(self, server="sscontrol-signaling")
+    def __init__(self, node, settings, reactor=None):
+        WebSocketServerFactory.__init__(self, server="sscontrol-signaling", reactor=reactor)
         self.node = node
         self.open_connections: set[SignalingProtocol] = set()
         self.batch = WriteBatch()

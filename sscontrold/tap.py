@@ -141,7 +141,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     node = SignalingNode(settings, reactor, events,
                          nonces=RedisNonceStore(redis, settings.nonce_store_max) if redis else None,
                          cluster=cluster)
-    factory = SignalingFactory(node, settings)
+    factory = SignalingFactory(node, settings, reactor)
     if cluster is not None:  # events from other nodes are written and timed as local reads are
         cluster.batch = factory.batch
     tls = ReloadableServerTLS(settings.tls_cert, settings.tls_key) if settings.tls_enabled else None
@@ -153,7 +153,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     loop_lag = LoopLag(reactor, node)  # admission control: sheds upgrades when the reactor falls behind
     site = public_site(factory, health, settings.handshake_timeout, settings.session_body_max_bytes,
                        extra={b"api": sessions.resource, b"turn": TurnResource(node),
-                              b"connection-test": ConnectionTestPage(node)}, admission=loop_lag)
+                              b"connection-test": ConnectionTestPage(node)}, admission=loop_lag, reactor=reactor)
     site.resource = OriginGate(site.resource, node)  # allowed_origins, before any upgrade
 
     top = DrainingService(reactor)
@@ -171,7 +171,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if settings.admin_enabled:
         actions = admin_actions(node, lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
         sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes,
-                                actions))
+                                actions, reactor=reactor))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
                                   sites[-1], "http", settings.admin_host, settings.admin_port))
     for listener in listeners:
@@ -188,4 +188,6 @@ def makeService(options: Options, reactor=None) -> MultiService:
     reloader.setServiceParent(top)
     SystemdService(notifier, lambda: readiness.ready, node.status_line, reactor).setServiceParent(top)
     top.drain_steps.append(lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
+    # What the in-memory tests (tests/memory.py, test_tree_memory.py) inspect of the tree.
+    top.node, top.readiness, top.reloader = node, readiness, reloader
     return top

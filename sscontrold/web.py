@@ -385,8 +385,8 @@ class QuietSite(Site):
     protocol = GuardedChannel
     requestFactory = BoundedRequest
 
-    def __init__(self, resource, timeout: float, max_body_bytes: int, node=None):
-        super().__init__(resource, timeout=timeout)
+    def __init__(self, resource, timeout: float, max_body_bytes: int, node=None, reactor=None):
+        super().__init__(resource, timeout=timeout, reactor=reactor)  # its channels' timers
         self.max_body_bytes = max_body_bytes
         self.node = node
         self._refusals = 0  # since the last warning line
@@ -429,7 +429,7 @@ class QuietSite(Site):
 
 
 def public_site(websocket_factory, health: Callable[[], dict], timeout: float, max_body_bytes: int,
-                extra: dict[bytes, Resource] | None = None, admission=None) -> Site:
+                extra: dict[bytes, Resource] | None = None, admission=None, reactor=None) -> Site:
     root = JSONRoot()
     endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory), admission)
     root.putChild(b"", endpoint)
@@ -437,4 +437,4 @@ def public_site(websocket_factory, health: Callable[[], dict], timeout: float, m
     root.putChild(b"health", Health(health))
     for name, resource in (extra or {}).items():
         root.putChild(name, resource)
-    return QuietSite(root, timeout, max_body_bytes, node=websocket_factory.node)
+    return QuietSite(root, timeout, max_body_bytes, node=websocket_factory.node, reactor=reactor)

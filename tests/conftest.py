@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 # Fixtures of real servers the tests start: redis-server and coturn.
-pytest_plugins = ["redisserver", "coturn"]
+pytest_plugins = ["redisserver", "coturn", "memory", "layers"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))

@@ -129,6 +129,7 @@ def test_shipped_example_documents_every_key_and_parses(tmp_path):
         assert comment.endswith("(restart)") == (field.name in config.RESTART_ONLY), field.name
 
 
+@pytest.mark.process  # runs twistd
 def test_help_documents_every_option():
     result = subprocess.run([TWISTD, "sscontrol-signaling", "--help"], capture_output=True, text=True,
                             cwd=str(ROOT), timeout=30)
@@ -156,6 +157,7 @@ def test_help_documents_every_option():
     assert "--config" in blocks
 
 
+@pytest.mark.process  # runs twistd
 def test_bad_value_exits_with_one_line_before_binding():
     result = run_refused(env={"SIGNALING_PORT": "abc"})
     assert result.returncode != 0

@@ -9,130 +9,24 @@ here in milliseconds. docs/protocol.md, "Handshake", is what these tests hold tr
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import os
-
 import pytest
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 
+from memory import CHROME_EXTENSIONS, Connection, accept_key
 from sscontrold import protocol as protocol_module
-from sscontrold import tap
 from sscontrold.protocol import SignalingProtocol
 
-CHROME_EXTENSIONS = "permessage-deflate; client_max_window_bits"
-MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 
 @pytest.fixture
-def start_service(tmp_path, monkeypatch):
+def start_service(memory_daemon):
     """Build and start the daemon's service tree on a memory reactor; returns its
-    public site. Stopped at the end."""
-    for name in list(os.environ):
-        if name.startswith(("SSCONTROL_", "SIGNALING_")):
-            monkeypatch.delenv(name)
-    empty = tmp_path / "empty.conf"
-    empty.touch()
-    monkeypatch.setenv("SSCONTROL_CONFIG", str(empty))
-    started = []
-
-    def start():
-        options = tap.Options()
-        options.parseOptions(["--host", "127.0.0.1", "--port", "8443", "--admin-port", "9464"])
-        reactor = MemoryReactorClock()
-        top = tap.makeService(options, reactor=reactor)
-        top.startService()
-        started.append(top)
-        sites = {port: factory for port, factory, _backlog, _interface in reactor.tcpServers}
-        assert set(sites) == {8443, 9464}
-        return sites[8443]
-
-    yield start
-    for top in started:
-        top.stopService()
+    public site."""
+    return lambda: memory_daemon().site
 
 
 @pytest.fixture
 def site(start_service):
     return start_service()
-
-
-class TCPLikeTransport(StringTransportWithDisconnection):
-    """A StringTransport that, like ``tcp.Server`` and the TLS wrapper, lets
-    ``unregisterProducer`` be called with no producer registered: Autobahn does so on
-    every close."""
-
-    def unregisterProducer(self):
-        self.producer = self.streaming = None
-
-
-class Connection:
-    """One HTTP connection to the site, over a StringTransport."""
-
-    def __init__(self, site, port: int = 40000):
-        self.transport = TCPLikeTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", port))
-        self.channel = site.buildProtocol(self.transport.getPeer())
-        self.transport.protocol = self.channel
-        self.channel.makeConnection(self.transport)
-        self.protocol = None
-
-    def handshake(self, path: str = "/ws", extensions: str | None = CHROME_EXTENSIONS,
-                  protocols: str | None = None, extra: str = "") -> tuple[str, dict[str, str], str]:
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1:8443", "Upgrade: websocket",
-                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-                 "Origin: http://127.0.0.1:8443"]
-        if extensions is not None:
-            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-        if protocols is not None:
-            lines.append(f"Sec-WebSocket-Protocol: {protocols}")
-        request = "\r\n".join(lines) + "\r\n" + extra + "\r\n"
-        self.channel.dataReceived(request.encode())
-        self.protocol = self.transport.protocol  # Autobahn takes the transport over on 101
-        head, _, rest = self.transport.value().partition(b"\r\n\r\n")
-        status, *header_lines = head.decode().split("\r\n")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        self.transport.clear()
-        self.transport.io.write(rest)  # what followed the head (frames) stays to be read
-        return status, headers, key
-
-    def send_frame(self, opcode: int, payload: bytes) -> None:
-        """One final, masked client frame."""
-        mask = os.urandom(4)
-        assert len(payload) < 126
-        frame = bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(
-            b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.protocol.dataReceived(frame)
-
-    def send(self, message: dict) -> None:
-        self.send_frame(0x1, json.dumps(message).encode())
-
-    def close(self, code: int = 1000) -> None:
-        """A clean close, as a browser closing its tab: close frame, then the server drops TCP."""
-        self.send_frame(0x8, code.to_bytes(2, "big"))
-
-    def received(self) -> list[dict]:
-        """The text frames written to this connection since the last call."""
-        data, messages = self.transport.value(), []
-        self.transport.clear()
-        while data:
-            assert data[0] == 0x81, data  # final, unmasked text frames
-            n, head = data[1], 2
-            if n == 126:
-                n, head = int.from_bytes(data[2:4], "big"), 4
-            messages.append(json.loads(data[head:head + n]))
-            data = data[head + n:]
-        return messages
-
-
-def accept_key(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + MAGIC).digest()).decode()
 
 
 @pytest.mark.parametrize("extensions", [
