@@ -147,6 +147,11 @@ FIELDS: tuple[Field, ...] = (
     Field("require_origin", "server", _bool, False,
           "Refuse (403) WebSocket upgrades and API requests without an Origin header, i.e. every "
           "client but a browser. Off: native clients, which send none, are admitted."),
+    Field("shortcuts", "server", _bool, True,
+          "Use the daemon's shortcuts into Twisted's and Autobahn's internals (faster relaying; "
+          "sscontrold/shortcuts/). Off: their public API wherever it does the same (the bounds that need "
+          "internals stay), slower. A start-up check turns off, with a warning, any the installed versions "
+          "do not support."),
     # [auth]
     Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
           "empty: auth off). Prefer api_key_file (re-read on every reload) or the systemd credential "
@@ -279,7 +284,8 @@ FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 # (the Redis link, the nonce store). Changing one takes a restart; a reload says so
 # (reload.restart_needed). Every other setting is applied by a reload.
 RESTART_ONLY = frozenset({"host", "port", "reuse_port", "admin_enabled", "admin_host", "admin_port",
-                          "nonce_store_max", "redis_url", "redis_prefix", "redis_timeout", "cluster_lease"})
+                          "nonce_store_max", "redis_url", "redis_prefix", "redis_timeout", "cluster_lease",
+                          "shortcuts"})
 
 # The text of the unit's SetCredential= fallback for a credential the operator did not
 # provide (systemd/sscontrol-signaling.service): "none given", not "given but empty".

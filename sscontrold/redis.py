@@ -24,6 +24,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, TimeoutError as DeferredTimeout,
                                     inlineCallbacks, succeed)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -32,6 +33,7 @@ from .domain.auth import AuthRefused, MemoryNonceStore
 from .domain.cluster import ClusterUnavailable
 from .domain.compare import same_secret
 from .logging import Events
+from .shortcuts import twisted_tcp
 
 
 class RedisUpCollector:
@@ -130,7 +132,7 @@ class RedisLink(Service):
         factory = _LinkFactory(f"{parts.hostname}:{parts.port or 6379}", dbid, 1, isLazy=True,
                                password=password, replyTimeout=self.timeout, username=username)
         factory.link = self
-        factory.startConnecting(txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
+        factory.startConnecting(redis_endpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
         return factory.handler
 
     def apply(self, settings) -> Deferred | None:
@@ -425,13 +427,21 @@ def _pairs(flat) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2]))
 
 
+def redis_endpoint(host: str, port: int, timeout: float | None, tls=None):
+    """A client endpoint for the Redis at ``host``:``port``, as txredisapi makes its own:
+    getaddrinfo (IPv6-only servers work), TLS with ``tls`` (client TLS options) if given."""
+    from twisted.internet import reactor
+
+    plain = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    return wrapClientTLS(tls, plain) if tls else plain
+
+
 class _LinkProtocol(txredisapi.RedisProtocol):
     def connectionMade(self):
         # Every message to a peer on another node is a PUBLISH on this one socket: let a
         # reactor turn send (and read) as much as many peers' sockets would, or under
         # load the commands queue up here, behind Twisted's 128 KiB per write.
-        self.transport.SEND_LIMIT = 1 << 22
-        self.transport.bufferSize = 1 << 20
+        twisted_tcp.widen(self.transport, send_limit=1 << 22, read_size=1 << 20)
         result = txredisapi.RedisProtocol.connectionMade(self)
         self.whenConnected().addCallback(lambda _: self.factory.link.connection_made())
         return result
@@ -457,7 +467,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         # This one socket carries the messages of every peer on other nodes: read it in
         # big gulps, or under load the reactor's one read per socket per turn would
         # serve it like a single peer and its backlog would grow in Redis.
-        self.transport.bufferSize = 1 << 20
+        twisted_tcp.widen(self.transport, read_size=1 << 20)
         txredisapi.SubscriberProtocol.connectionMade(self)
         self.whenConnected().addCallback(lambda _: self.subscribe(self.factory.channel)).addCallbacks(
             lambda _: self.factory.cluster.subscribed_now(self),
@@ -518,8 +528,8 @@ class RedisCluster(Service):
         parts = urlsplit(url)
         factory = _SubscriberFactory(self._channel, link, self)
         self._subscriber = ClientService(
-            txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, link.timeout,
-                                     optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
+            redis_endpoint(parts.hostname, parts.port or 6379, link.timeout,
+                           optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
             factory, retryPolicy=_subscriber_retry, clock=link.clock)
         self._subscribed_on = None  # the subscriber connection whose SUBSCRIBE Redis confirmed
         self._loops = [LoopingCall(self._renew_lease), LoopingCall(self._sweep)]

@@ -40,7 +40,8 @@ from .protocol import client_address
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
 from .turn import api_key_matches
-from .web import HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, apply_cors, client_gone, error_response, json_response, parse_json_object,
+                  read_body)
 
 log = Logger(namespace="sscontrold.rest")
 
@@ -169,7 +170,7 @@ class SessionResource(Resource):
     @staticmethod
     def _finish(body, request: Request) -> None:
         """Write a body that came later (the store waited on Redis), unless the client left."""
-        if body is NOT_DONE_YET or request._disconnected or request.finished:
+        if body is NOT_DONE_YET or client_gone(request) or request.finished:
             return
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)

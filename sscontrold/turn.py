@@ -28,7 +28,8 @@ from .domain.auth import AuthRefused
 from .domain.compare import same_secret
 from .domain.client import AUTH, BadMessage, Client
 from .protocol import client_address
-from .web import HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, JSONResource, apply_cors, client_gone, error_response, json_response,
+                  parse_json_object, read_body)
 
 MAX_USER_LENGTH = 128
 TOO_MANY_REQUESTS = 429
@@ -210,7 +211,7 @@ class TurnResource(JSONResource):
 
     @staticmethod
     def _write(body: bytes, request: Request) -> None:
-        if not request.finished and not request._disconnected:
+        if not request.finished and not client_gone(request):
             request.write(body)
             request.finish()
 

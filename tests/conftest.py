@@ -76,6 +76,8 @@ class Daemon:
                      "sscontrol-signaling", "--host", "127.0.0.1", "--port", str(self.port),
                      "--admin-port", str(self.admin_port), *args]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
+        if "SSCONTROL_SHORTCUTS" in os.environ:  # make test runs the suite once more with them off
+            self.env["SSCONTROL_SHORTCUTS"] = os.environ["SSCONTROL_SHORTCUTS"]
         if "--config" not in args:  # never pick up /etc/sscontrol/signaling.conf of the machine
             empty = tmp / "empty.conf"
             empty.touch()

@@ -31,7 +31,7 @@ def start_service(tmp_path, monkeypatch):
     """Build and start the daemon's service tree on a memory reactor; returns its
     public site. Stopped at the end."""
     for name in list(os.environ):
-        if name.startswith(("SSCONTROL_", "SIGNALING_")):
+        if name.startswith(("SSCONTROL_", "SIGNALING_")) and name != "SSCONTROL_SHORTCUTS":
             monkeypatch.delenv(name)
     empty = tmp_path / "empty.conf"
     empty.touch()
