@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from types import FunctionType
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as ab_protocol
-from autobahn.websocket.protocol import WebSocketServerProtocol
 
 from ._check import lacking_attributes, lacking_in_source
 
