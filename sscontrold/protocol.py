@@ -9,11 +9,14 @@ Twisted hands over; anything else (handshake, control frames, fragments, binary,
 partial or oversize frames, any protocol violation) goes to Autobahn, which
 keeps its RFC 6455 checks and close codes. Frames to send are built here too,
 and held until the read that caused them ends: one write per recipient per read.
+What this takes of Autobahn's and Twisted's internals is in sscontrold/shortcuts/ (with
+the shortcuts off, every frame goes to Autobahn and every write to ``transport.write``).
 """
 
 from __future__ import annotations
 
 from time import perf_counter
+
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny

@@ -138,8 +138,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if missing:
         events.emit("warn", "startup.shortcuts_unavailable", missing=", ".join(missing),
                     verified=", ".join(f"{name} {version}" for name, version in shortcuts.VERIFIED.items()),
-                    message="the installed Twisted/Autobahn lack what the daemon's shortcuts use: "
-                            "their public path is used instead")
+                    message=shortcuts.WARNING)
 
     redis = (RedisLink(settings.redis_url, settings.redis_password, settings.redis_prefix,
                        settings.redis_timeout, reactor) if settings.redis_url else None)

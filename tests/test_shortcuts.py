@@ -209,3 +209,20 @@ def test_the_public_close_keeps_its_code_where_sendclose_allows_it(monkeypatch, 
     ab_shortcuts.send_close(proto, 4001, "x" * 200)
     ab_shortcuts.send_close(proto, 1008, "policy")
     assert sent == [(4001, "x" * 123), (1000, "policy")]
+
+
+def test_check_config_names_what_is_missing(monkeypatch, tmp_path, capsys):
+    """``sscontrol-signaling-ctl check-config`` prints the warning the daemon would log."""
+    from sscontrold import ctl
+
+    for name in ("SSCONTROL_CONFIG", "SSCONTROL_SHORTCUTS"):
+        monkeypatch.delenv(name, raising=False)
+    empty = tmp_path / "empty.conf"
+    empty.touch()
+    assert ctl.main(["check-config", "--config", str(empty)]) == 0
+    assert "shortcuts" not in capsys.readouterr().err
+    monkeypatch.delattr(tcp.Connection, "writeSomeData")
+    assert ctl.main(["check-config", "--config", str(empty)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: startup.shortcuts_unavailable:" in err
+    assert "(missing: twisted tcp.Server.writeSomeData)" in err

@@ -32,6 +32,9 @@ VERIFIED = {"Twisted": "26.10.0", "autobahn": "26.10.2"}
 
 MODULES = (twisted_tcp, twisted_reactor, twisted_web, autobahn)
 
+WARNING = ("the installed Twisted/Autobahn lack what the daemon's shortcuts use: their public path "
+           "is used instead")
+
 
 def check() -> list[str]:
     """What the installed libraries lack of what this package relies on ("" if all there)."""
