@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8443
 ADMIN_PORT ?= 9464
 
-.PHONY: run test unit-test system-deps deb system-test bench clean
+.PHONY: run test unit-test no-shortcuts-test system-deps deb system-test bench clean
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
@@ -56,7 +56,14 @@ $(NODE_CLIENT): tests/clients/node/package.json tests/clients/node/package-lock.
 unit-test: $(STAMP) system-deps $(NODE_CLIENT)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-test: unit-test
+# The suite once more with the shortcuts into Twisted's and Autobahn's internals off
+# (sscontrold/shortcuts/): their public path must behave the same. The daemons the
+# tests start take SSCONTROL_SHORTCUTS from the environment (tests/conftest.py).
+no-shortcuts-test: $(STAMP) system-deps $(NODE_CLIENT)
+	SSCONTROL_SHORTCUTS=off $(BIN)/python -m pytest -q -p no:cacheprovider -m 'not system' \
+	  --ignore=tests/system --ignore=tests/browser tests
+
+test: unit-test no-shortcuts-test
 
 # Static analysis (docs/development.md): any finding fails `make test`.
 .PHONY: lint

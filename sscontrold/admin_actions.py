@@ -24,7 +24,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .domain.admin import AdminError
 from .redis import RedisUnavailable
-from .web import HTTPError, JSONResource, error_response, json_response, parse_json_object, read_body
+from .web import (HTTPError, JSONResource, client_gone, error_response, json_response, parse_json_object,
+                  read_body)
 
 log = Logger(namespace="sscontrold.admin")
 
@@ -68,7 +69,7 @@ class _Action(JSONResource):
 
     @staticmethod
     def _write(request: Request, body: bytes) -> None:
-        if not request.finished and not request._disconnected:
+        if not request.finished and not client_gone(request):
             request.write(body)
             request.finish()
 

@@ -167,6 +167,11 @@ FIELDS: tuple[Field, ...] = (
     Field("require_origin", "server", _bool, False,
           "Refuse (403) WebSocket upgrades and API requests without an Origin header, i.e. every "
           "client but a browser. Off: native clients, which send none, are admitted."),
+    Field("shortcuts", "server", _bool, True,
+          "Use the daemon's shortcuts into Twisted's and Autobahn's internals (faster relaying; "
+          "sscontrold/shortcuts/). Off: their public API wherever it does the same (the bounds that need "
+          "internals stay), slower. A start-up check turns off, with a warning, any the installed versions "
+          "do not support.", restart=True),
     # [auth]
     Field("api_keys", "auth", _list, (), "API keys accepted for HMAC auth (several for rotation; "
           "empty: auth off). Prefer api_key_file (re-read on every reload) or the systemd credential "

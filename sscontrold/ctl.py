@@ -91,6 +91,12 @@ def check_config(args) -> int:
     print(_summary(options.settings))
     for warning in options.settings.warnings:  # what the daemon logs at start, one line each
         print(f"{PROG}: warning: {warning.event}: {warning.message}", file=sys.stderr)
+    from . import shortcuts
+
+    missing = shortcuts.check()
+    if missing:
+        print(f"{PROG}: warning: startup.shortcuts_unavailable: {shortcuts.WARNING} (missing: {', '.join(missing)})",
+              file=sys.stderr)
     return 0
 
 

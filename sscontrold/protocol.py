@@ -9,22 +9,25 @@ Twisted hands over; anything else (handshake, control frames, fragments, binary,
 partial or oversize frames, any protocol violation) goes to Autobahn, which
 keeps its RFC 6455 checks and close codes. Frames to send are built here too,
 and held until the read that caused them ends: one write per recipient per read.
+What this takes of Autobahn's and Twisted's internals is in sscontrold/shortcuts/ (with
+the shortcuts off, every frame goes to Autobahn and every write to ``transport.write``).
 """
 
 from __future__ import annotations
 
 from time import perf_counter
-from types import FunctionType
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from prometheus_client import Counter, Gauge
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract
 from twisted.logger import Logger
 
 from .domain.client import CLOSE_POLICY_VIOLATION, RELAYED, Client
 from .metrics import ERRORS, LatencyHistogram
+from .shortcuts import autobahn as ab_shortcuts
+from .shortcuts import twisted_tcp
 from .web import REQUESTS, client_address, endpoint_label
 
 try:  # a C masker: ~0.4 us for an ICE-sized frame, against ~0.9 us in pure Python
@@ -91,24 +94,6 @@ def decline_compression(offers) -> None:
     return None
 
 
-def write_now(transport, data: bytes) -> None:
-    """Hand ``data`` to the socket at once when nothing is queued before it.
-
-    Twisted's ``write`` queues and waits for the socket to be reported writable:
-    per message, a reactor turn and two epoll_ctl calls. Whatever the socket does
-    not take now is queued the usual way, behind what was sent, so order holds.
-    TLS transports (and any other) just get ``write``.
-    """
-    if (type(transport) is tcp.Server and transport.connected and not transport.disconnecting
-            and not transport.dataBuffer and not transport._tempDataLen):
-        sent = transport.writeSomeData(data)
-        if isinstance(sent, int):  # otherwise the connection is lost: the usual path finds out
-            if sent == len(data):
-                return
-            data = data[sent:]
-    transport.write(data)
-
-
 def socket_transport(transport):
     """The TCP transport under ``transport`` (under TLS, the one TLS writes to)."""
     while transport is not None and not isinstance(transport, abstract.FileDescriptor):
@@ -128,11 +113,11 @@ class SignalingProtocol(WebSocketServerProtocol):
         batch = self.factory.batch
         outer = batch.begin()
         try:
-            if self.state == OPEN and not self.data and self.current_frame is None and not self.inside_message:
+            if ab_shortcuts.at_frame_border(self):
                 data = self._read_messages(data)
             if data:
                 batch.flush_one(self)  # what we owe this peer goes out before anything Autobahn writes
-                self._dataReceived(data)  # what Autobahn's dataReceived does after its debug line
+                ab_shortcuts.feed(self, data)
         finally:
             if outer:
                 batch.end()
@@ -222,7 +207,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         # Autobahn keeps the handshake's raw text and headers for the connection's
         # life; nothing reads them once it is open (~1 KiB per idle connection).
         self.http_request_data = self.http_response_data = self.http_status_line = None
-        self.http_headers = self.http_request_params = self._wskey = None
+        self.http_headers = self.http_request_params = None
+        ab_shortcuts.forget_handshake(self)
 
     def onMessage(self, payload, isBinary):
         client = self.client
@@ -284,15 +270,15 @@ class SignalingProtocol(WebSocketServerProtocol):
         # sendClose() only takes 1000 and 3000-4999; policy closes need 1008 etc.
         if self.state == OPEN:
             self.factory.batch.flush_one(self)  # messages sent before the close go first
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+            ab_shortcuts.send_close(self, code, reason)
 
     def write_frames(self, data: bytes) -> None:
         """Write to the peer, within its outgoing budget: what it has not read stays
         queued here, so a peer that does not read is closed rather than let grow."""
-        write_now(self.transport, data)
+        twisted_tcp.write_now(self.transport, data)
         sock = self._socket
-        if sock is not None and (sock._tempDataLen or sock.dataBuffer):
-            queued = len(sock.dataBuffer) - sock.offset + sock._tempDataLen
+        if sock is not None:
+            queued = twisted_tcp.queued(sock)
             if queued > self.factory.max_queued_bytes and self.state == OPEN:
                 self._over_budget(queued)
 
@@ -392,13 +378,6 @@ class SignalingFactory(WebSocketServerFactory):
         self.max_queued_bytes = settings.max_queued_bytes
         # Largest message the hot path reads itself (16-bit lengths only).
         self.fast_limit = min(settings.max_frame_bytes, settings.max_message_bytes, 65535)
-        # Autobahn copies its ~30 options from the factory onto each new protocol
-        # (and pformats them for a debug line) unless the protocol already has them:
-        # give them to a protocol class of this configuration instead. New
-        # connections take it; open ones keep theirs.
-        # A function among them must stay a plain function on the class, not
-        # become a method (Autobahn calls it with the offers alone).
-        options = {name: getattr(self, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
-        options = {name: staticmethod(value) if isinstance(value, FunctionType) else value
-                   for name, value in options.items()}
-        self.protocol = type("SignalingProtocol", (SignalingProtocol,), {**options, "CONFIG_ATTRS": ()})
+        # New connections take the options (open ones keep theirs); with the shortcuts,
+        # from a protocol class of this configuration rather than copied one by one.
+        self.protocol = ab_shortcuts.protocol_class(self, SignalingProtocol)

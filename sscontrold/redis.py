@@ -24,6 +24,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, TimeoutError as DeferredTimeout,
                                     inlineCallbacks, succeed)
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -32,6 +33,8 @@ from .domain.auth import MemoryNonceStore
 from .domain.cluster import ClusterUnavailable
 from .domain.compare import same_secret
 from .logging import Events
+from .shortcuts import twisted_tcp
+from .shortcuts import txredisapi as redis_guards
 
 
 class RedisUpCollector:
@@ -133,7 +136,7 @@ class RedisLink(Service):
                                password=password, replyTimeout=self.timeout, username=username)
         factory.link = self
         self._factory = factory
-        factory.startConnecting(txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
+        factory.startConnecting(redis_endpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
         return factory.handler
 
     def apply(self, settings) -> Deferred | None:
@@ -212,10 +215,7 @@ class RedisLink(Service):
         self._set_up(True)
 
     def _drop_connections(self) -> None:
-        for protocol in list(getattr(self._factory, "pool", ())):
-            transport = getattr(protocol, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+        redis_guards.abort_connections(self._factory)
 
     def connection_lost(self, why: str) -> None:
         """The link's connection dropped: down now, not after the next ping's deadline,
@@ -441,13 +441,21 @@ def _pairs(flat) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=False))  # an odd last item has no value: dropped
 
 
+def redis_endpoint(host: str, port: int, timeout: float | None, tls=None):
+    """A client endpoint for the Redis at ``host``:``port``, as txredisapi makes its own:
+    getaddrinfo (IPv6-only servers work), TLS with ``tls`` (client TLS options) if given."""
+    from twisted.internet import reactor
+
+    plain = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    return wrapClientTLS(tls, plain) if tls else plain
+
+
 class _LinkProtocol(txredisapi.RedisProtocol):
     def connectionMade(self):
         # Every message to a peer on another node is a PUBLISH on this one socket: let a
         # reactor turn send (and read) as much as many peers' sockets would, or under
         # load the commands queue up here, behind Twisted's 128 KiB per write.
-        self.transport.SEND_LIMIT = 1 << 22
-        self.transport.bufferSize = 1 << 20
+        twisted_tcp.widen(self.transport, send_limit=1 << 22, read_size=1 << 20)
         result = txredisapi.RedisProtocol.connectionMade(self)
         self.whenConnected().addCallback(lambda _: self.factory.link.connection_made())
         return result
@@ -459,21 +467,12 @@ class _LinkProtocol(txredisapi.RedisProtocol):
             link.connection_lost(why.getErrorMessage()[:200])
 
 
-class _KeepTrying:
-    """txredisapi stops reconnecting for good when AUTH or SELECT fails while a
-    connection is being set up, a timeout included: a Redis paused longer than the
-    reply timeout (SIGSTOP, a long fork, a stalled VM) would leave the node without
-    Redis until it restarts. Only a deliberate disconnect stops these factories."""
-
-    def stopTrying(self):
-        if getattr(self, "disconnectCalled", False):
-            return super().stopTrying()
-        events.emit("warn", "redis.setup_failed", address=getattr(self, "uuid", None),
-                    action="retrying with the capped back-off")
-        return None
+class _Retrying(redis_guards.KeepTrying):
+    def on_setup_failed(self) -> None:
+        events.emit("warn", "redis.setup_failed", action="retrying with the capped back-off")
 
 
-class _LinkFactory(_KeepTrying, txredisapi.RedisFactory):
+class _LinkFactory(_Retrying, txredisapi.RedisFactory):
     protocol = _LinkProtocol
     link: RedisLink
 
@@ -487,7 +486,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         # This one socket carries the messages of every peer on other nodes: read it in
         # big gulps, or under load the reactor's one read per socket per turn would
         # serve it like a single peer and its backlog would grow in Redis.
-        self.transport.bufferSize = 1 << 20
+        twisted_tcp.widen(self.transport, read_size=1 << 20)
         txredisapi.SubscriberProtocol.connectionMade(self)
         self.whenConnected().addCallback(lambda _: self.subscribe(self.factory.channel)).addCallbacks(
             lambda _: self.factory.cluster.subscribed_now(self),
@@ -512,7 +511,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.factory.cluster.deliver(message)
 
 
-class _SubscriberFactory(_KeepTrying, txredisapi.RedisFactory):
+class _SubscriberFactory(_Retrying, txredisapi.RedisFactory):
     protocol = _Subscriber
 
     def __init__(self, channel: str, link, cluster):
@@ -560,8 +559,8 @@ class RedisCluster(Service):
         parts = urlsplit(url)
         factory = _SubscriberFactory(self._channel, link, self)
         self._subscriber = ClientService(
-            txredisapi._makeEndpoint(parts.hostname, parts.port or 6379, link.timeout,
-                                     optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
+            redis_endpoint(parts.hostname, parts.port or 6379, link.timeout,
+                           optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
             factory, retryPolicy=_subscriber_retry, clock=link.clock)
         self._subscribed_on = None  # the subscriber connection whose SUBSCRIBE Redis confirmed
         self._loops = [LoopingCall(self._renew_lease), LoopingCall(self._sweep)]

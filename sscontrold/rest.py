@@ -40,8 +40,8 @@ from .domain.sessions import QuotaExceeded, SessionError, SessionStore, StoreFul
 from .policies import session_limits
 from .redis import RedisUnavailable
 from .redis_sessions import RedisSessionStore
-from .web import (HTTPError, apply_cors, error_response, json_response, parse_json_object, read_body,
-                  request_address)
+from .web import (HTTPError, apply_cors, client_gone, error_response, json_response, parse_json_object,
+                  read_body, request_address)
 
 log = Logger(namespace="sscontrold.rest")
 
@@ -157,7 +157,7 @@ class SessionResource(Resource):
     @staticmethod
     def _finish(body, request: Request) -> None:
         """Write a body that came later (the store waited on Redis), unless the client left."""
-        if body is NOT_DONE_YET or request._disconnected or request.finished:
+        if body is NOT_DONE_YET or client_gone(request) or request.finished:
             return
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)

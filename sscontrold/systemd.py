@@ -19,20 +19,31 @@ log = Logger(namespace="sscontrold.systemd")
 
 
 class Notifier:
-    """sd_notify over sdnotify, aimed at ``address`` (default: $NOTIFY_SOCKET)."""
+    """sd_notify, aimed at ``address`` (default: $NOTIFY_SOCKET): over sdnotify for
+    $NOTIFY_SOCKET, over a datagram socket of its own for another address."""
 
     def __init__(self, address: str | None = None):
-        self._sd = sdnotify.SystemdNotifier()
         address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
         self.enabled = bool(address)
+        self._own: socket.socket | None = None
+        self._sdnotify = None
         if address and address != os.environ.get("NOTIFY_SOCKET"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.connect("\0" + address[1:] if address.startswith("@") else address)
-            self._sd.socket = sock
+            self._own = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._own.connect("\0" + address[1:] if address.startswith("@") else address)
+        elif address:
+            self._sdnotify = sdnotify.SystemdNotifier()
 
     def notify(self, *lines: str) -> None:
-        if self.enabled:
-            self._sd.notify("\n".join(lines))
+        if not self.enabled:
+            return
+        message = "\n".join(lines)
+        if self._own is None:
+            self._sdnotify.notify(message)
+            return
+        try:
+            self._own.sendall(message.encode())
+        except OSError as e:  # as sdnotify does, the daemon runs on; unlike it, says so
+            log.warn("sd_notify to the notification socket failed: {error}", error=str(e))
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}")

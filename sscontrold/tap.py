@@ -10,7 +10,7 @@ import resource
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from . import __version__, config, logging
+from . import __version__, config, logging, shortcuts
 from .config import ConfigError
 from .admin import HealthSummary, Readiness, admin_site
 from .admin_actions import admin_actions
@@ -133,6 +133,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
     events = Events()
     for warning in settings.warnings:  # what check-config prints too
         events.emit("warn", warning.event, message=warning.message)
+    missing = shortcuts.configure(settings.shortcuts)
+    if missing:
+        events.emit("warn", "startup.shortcuts_unavailable", missing=", ".join(missing),
+                    verified=", ".join(f"{name} {version}" for name, version in shortcuts.VERIFIED.items()),
+                    message=shortcuts.WARNING)
 
     redis = (RedisLink(settings.redis_url, settings.redis_password, settings.redis_prefix,
                        settings.redis_timeout, reactor) if settings.redis_url else None)

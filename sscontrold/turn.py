@@ -28,8 +28,8 @@ from .domain.auth import AuthRefused
 from .domain.compare import any_secret
 from .domain.client import BadMessage, Client
 from .metrics import AUTH
-from .web import (HTTPError, JSONResource, apply_cors, error_response, json_response, parse_json_object, read_body,
-                  request_address)
+from .web import (HTTPError, JSONResource, apply_cors, client_gone, error_response, json_response,
+                  parse_json_object, read_body, request_address)
 
 MAX_USER_LENGTH = 128
 TOO_MANY_REQUESTS = 429
@@ -216,7 +216,7 @@ class TurnResource(JSONResource):
 
     @staticmethod
     def _write(body: bytes, request: Request) -> None:
-        if not request.finished and not request._disconnected:
+        if not request.finished and not client_gone(request):
             request.write(body)
             request.finish()
 

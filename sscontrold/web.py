@@ -18,6 +18,7 @@ from twisted.web.server import Request, Site
 
 from . import __version__
 from .domain.origins import OriginPolicy
+from .shortcuts import twisted_web
 
 log = Logger(namespace="sscontrold.web")
 
@@ -70,6 +71,12 @@ BANNER = (
     f"sscontrol-signaling {__version__}\n"
     "WebSocket signaling endpoint: upgrade this URL (or /ws) to a WebSocket.\n"
 ).encode()
+
+
+def client_gone(request: Request) -> bool:
+    """Whether the client of ``request`` left before its answer was finished
+    (Twisted drops a request's channel when its connection is lost)."""
+    return request.channel is None and not request.finished
 
 
 def json_response(request: Request, code: int, body: dict) -> bytes:
@@ -288,7 +295,7 @@ class GuardedChannel(HTTPChannel):
     def dataReceived(self, data):
         if self.refused:
             return
-        if self._deadline is None and not self._handlingRequest:
+        if self._deadline is None and not twisted_web.handling_request(self):
             self._start_deadline()  # the first bytes of the next request
         super().dataReceived(data)
 
@@ -310,26 +317,18 @@ class GuardedChannel(HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request):
-        if self._waitingForTransport and self.persistent and self.requests and request is self.requests[0]:
-            # The client does not read what we answer: keep what it sent next as bytes
-            # and stop reading, until the transport drains (resumeProducing).
-            del self.requests[0]
+        if twisted_web.hold_pipelined(self, request):
+            # The client does not read what we answer: what it sent next stays bytes
+            # and its socket is not read, until the transport drains (resumeProducing).
             self._stalled = True
             HTTP_STALLS.inc()
-            self._networkProducer.pauseProducing()
-            if self._savedTimeOut:  # idle now: the idle timeout ends a client that never reads
-                self.setTimeout(self._savedTimeOut)
             return
         super().requestDone(request)
 
     def resumeProducing(self):
         super().resumeProducing()
-        if self._stalled and not self._waitingForTransport:
+        if self._stalled and twisted_web.release_pipelined(self):
             self._stalled = False
-            self._handlingRequest = False
-            self._networkProducer.resumeProducing()
-            data, self._dataBuffer = b"".join(self._dataBuffer), []
-            self.setLineMode(data)
 
     def refuse(self, code: int, message: str) -> None:
         """Answer ``code`` with a JSON error now, whatever state the request is in,
@@ -338,23 +337,22 @@ class GuardedChannel(HTTPChannel):
             return
         self.refused = True
         self._cancel_deadline()
-        path = getattr(self, "_path", b"")
-        REQUESTS.labels(endpoint_label(path), str(code)).inc()
+        REQUESTS.labels(endpoint_label(twisted_web.current_path(self)), str(code)).inc()
         body = orjson.dumps({"success": False, "error": message, "code": ERROR_CODES.get(code, "error")})
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: no-store\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                              % (code, http.RESPONSES[code], len(body), body))
         self.setTimeout(None)
-        self._networkProducer.unregisterProducer()
+        twisted_web.stop_reading_as_producer(self)
         # A lingering close: stop writing but keep reading (and dropping) what the
         # client still sends for a moment; closed with unread data, the socket would
         # answer it with a reset that can destroy the answer before the client reads it.
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is not None and not self.isSecure():
-            self._abortingCall = self.callLater(LINGER_SECONDS, self.forceAbortClient)
+            twisted_web.abort_later(self, LINGER_SECONDS)
             half_close()
         else:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+            twisted_web.abort_later(self, self.abortTimeout)
             self.transport.loseConnection()
 
     def upgraded(self) -> None:

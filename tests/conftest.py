@@ -81,6 +81,8 @@ class Daemon:
             # test (tests/test_admission.py) asks for it.
             self.argv += ["--overload-lag", "0"]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
+        if "SSCONTROL_SHORTCUTS" in os.environ:  # make test runs the suite once more with them off
+            self.env["SSCONTROL_SHORTCUTS"] = os.environ["SSCONTROL_SHORTCUTS"]
         if "--config" not in args:  # never pick up /etc/sscontrol/signaling.conf of the machine
             empty = tmp / "empty.conf"
             empty.touch()

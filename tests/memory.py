@@ -252,7 +252,7 @@ def memory_daemon(tmp_path, monkeypatch):
     SSCONTROL_*/SIGNALING_* variables and configuration file are ignored); each is
     stopped at the end."""
     for name in list(os.environ):
-        if name.startswith(("SSCONTROL_", "SIGNALING_", "TURN_PASSWORD")):
+        if name.startswith(("SSCONTROL_", "SIGNALING_", "TURN_PASSWORD")) and name != "SSCONTROL_SHORTCUTS":
             monkeypatch.delenv(name)
     empty = tmp_path / "empty.conf"
     empty.touch()

@@ -1,0 +1,82 @@
+"""Autobahn's WebSocket protocol (``autobahn.websocket.protocol``).
+
+- ``at_frame_border`` (shortcut): whether a read starts at a frame border of an open
+  connection with nothing buffered, so that the daemon's hot path may read whole
+  single-frame text messages itself (sscontrold/protocol.py). Public path: never;
+  Autobahn reads every frame and calls ``onMessage``.
+- ``feed`` (shortcut): hand bytes to Autobahn's frame parser without the debug line
+  its ``dataReceived`` formats first. Public path: ``dataReceived``.
+- ``send_close`` (guard): a close frame with any code (the public ``sendClose`` takes
+  only 1000 and 3000-4999; the protocol closes with 1008, 1009, 1011, 1012).
+  Public path (the check failed): ``sendClose`` with 1000 for a code it refuses.
+- ``protocol_class`` (shortcut): a protocol class with the factory's options as
+  class attributes, so that Autobahn does not copy (and pformat for a debug line)
+  its ~30 options onto each new connection. Public path: the class as it is.
+- ``forget_handshake`` (shortcut): drop the handshake's key, kept for the life of the
+  connection. Public path: keep it.
+"""
+
+from __future__ import annotations
+
+from types import FunctionType
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket import protocol as ab_protocol
+
+from ._check import lacking_attributes, lacking_in_source
+
+SHORTCUTS = False
+GUARDS = False
+
+OPEN = WebSocketServerProtocol.STATE_OPEN
+_PUBLIC_CLOSE_CODES = frozenset({1000, *range(3000, 5000)})
+
+
+def check() -> list[str]:
+    return (lacking_attributes(WebSocketServerProtocol, ("_dataReceived", "sendCloseFrame", "CONFIG_ATTRS"),
+                               "autobahn WebSocketServerProtocol")
+            + lacking_in_source(ab_protocol, ("data", "current_frame", "inside_message", "_wskey"),
+                                "autobahn WebSocketProtocol"))
+
+
+def use(shortcuts: bool, guards: bool) -> None:
+    global SHORTCUTS, GUARDS
+    SHORTCUTS, GUARDS = shortcuts, guards
+
+
+def at_frame_border(protocol) -> bool:
+    return (SHORTCUTS and protocol.state == OPEN and not protocol.data and protocol.current_frame is None
+            and not protocol.inside_message)
+
+
+def feed(protocol, data: bytes) -> None:
+    if SHORTCUTS:
+        protocol._dataReceived(data)  # what Autobahn's dataReceived does after its debug line
+    else:
+        WebSocketServerProtocol.dataReceived(protocol, data)
+
+
+def send_close(protocol, code: int, reason: str) -> None:
+    reason_utf8 = reason.encode()[:123]
+    if GUARDS:
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
+    else:
+        protocol.sendClose(code=code if code in _PUBLIC_CLOSE_CODES else 1000,
+                           reason=reason_utf8.decode("utf-8", "ignore"))
+
+
+def protocol_class(factory, base: type) -> type:
+    """``base``, or (shortcut) a subclass of it holding ``factory``'s options."""
+    if not SHORTCUTS:
+        return base
+    # A function among the options must stay a plain function on the class, not
+    # become a method (Autobahn calls perMessageCompressionAccept with the offers alone).
+    options = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
+    options = {name: staticmethod(value) if isinstance(value, FunctionType) else value
+               for name, value in options.items()}
+    return type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()})
+
+
+def forget_handshake(protocol) -> None:
+    if SHORTCUTS:
+        protocol._wskey = None
