@@ -190,3 +190,16 @@ def test_domain_limits_take_every_setting_from_the_table():
     assert policies.hold_limits(defaults).grace == config.FIELDS_BY_NAME["resume_grace"].default
     assert policies.session_limits(defaults).ttl_max == config.FIELDS_BY_NAME["session_ttl_max"].default
     assert policies.auth_policy(defaults).window == config.FIELDS_BY_NAME["auth_window"].default
+
+
+def test_setup_cfg_lists_every_package_the_daemon_has():
+    """The .deb installs what setup.cfg names (packages are listed, not found): a package
+    left out works in the editable development venv and is missing from the package."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    present = {".".join(d.relative_to(ROOT).parts) for d in (ROOT / "sscontrold").rglob("*")
+               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))}
+    assert present | {"sscontrold"} <= listed, sorted(present - listed)
