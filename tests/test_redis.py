@@ -19,7 +19,10 @@ KEY = "cluster-test-key-91b2"
 def wait_ready(d, want: int, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        status, body = http_json("GET", d.admin + "/ready")
+        try:
+            status, body = http_json("GET", d.admin + "/ready")
+        except OSError as e:  # the admin listener may bind a moment after the public one
+            status, body = None, {"error": str(e)}
         if status == want and (want != 200 or body["status"] == "ready"):  # 200 and degraded: not yet
             return body
         assert time.monotonic() < deadline, (status, body)
