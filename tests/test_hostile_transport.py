@@ -40,7 +40,9 @@ def offer(to: str, size: int = 60000) -> bytes:
 
 class Chatter:
     """A well-behaved pair in its own room, exchanging numbered messages in the
-    background; ``check()`` says whether every one arrived, in order."""
+    background, the receiver reading as they come (a client that stops reading is
+    what the budget closes, and it stops seeing its own keepalive pongs);
+    ``check()`` says whether every one arrived, in order."""
 
     def __init__(self, d, room: str = "calm", url: str | None = None):
         self.a, self.b = connect(url or d.ws), connect(url or d.ws)
@@ -48,22 +50,37 @@ class Chatter:
         self.b_id = self.b.join(room)["peer_id"]
         assert self.a.recv()["type"] == "new_peer"
         self.sent = 0
+        self.got: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._sent_all = threading.Event()  # set once the sender has stopped
+        self._sender = threading.Thread(target=self._send, daemon=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._sender.start()
+        self._reader.start()
 
-    def _run(self) -> None:
+    def _send(self) -> None:
         while not self._stop.is_set():
             self.a.send({"type": "ice", "to": self.b_id, "candidate": f"candidate:{self.sent}",
                          "sdp_mid": "0", "sdp_mline_index": 0})
             self.sent += 1
             time.sleep(0.02)
 
+    def _read(self) -> None:
+        deadline = None
+        while deadline is None or (len(self.got) < self.sent and time.monotonic() < deadline):
+            try:
+                self.got.append(self.b.recv(timeout=0.2)["candidate"])
+            except TimeoutError:
+                pass
+            if deadline is None and self._sent_all.is_set():
+                deadline = time.monotonic() + 15  # after the last send: what is on its way
+
     def check(self) -> None:
         self._stop.set()
-        self._thread.join()
-        got = [self.b.recv(timeout=15)["candidate"] for _ in range(self.sent)]
-        assert got == [f"candidate:{i}" for i in range(self.sent)]
+        self._sender.join()
+        self._sent_all.set()
+        self._reader.join()
+        assert self.got == [f"candidate:{i}" for i in range(self.sent)]
         assert self.sent > 20
 
 
