@@ -80,14 +80,14 @@ def _seconds(minimum: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
-def _rate(minimum: float) -> Callable[[str], float]:
+def _rate(minimum: float, unit: str = "messages") -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
-            raise ValueError("expected a rate, in messages per second") from None
+            raise ValueError(f"expected a rate, in {unit} per second") from None
         if not value >= minimum or value == float("inf"):
-            raise ValueError(f"expected a rate of at least {minimum:g} messages per second")
+            raise ValueError(f"expected a rate of at least {minimum:g} {unit} per second")
         return value
 
     return parse
@@ -154,6 +154,11 @@ FIELDS: tuple[Field, ...] = (
     Field("admin_port", "server", _int_range(0, 65535), 9464, "Port of the admin listener.", restart=True),
     Field("drain_timeout", "server", _seconds(0), 10.0,
           "On SIGTERM, seconds to let clients go before the process exits (keep under TimeoutStopSec)."),
+    Field("drain_reconnect_rate", "server", _rate(0, "connections"), 2000.0,
+          "On SIGTERM, the clients are told to reconnect after a random delay (reconnect_in_ms) spread "
+          "so that about this many come back per second: N connections get delays between 0 and "
+          "N / drain_reconnect_rate seconds (60 at most). Set it near what a node admits per second. "
+          "0: no delay, all at once."),
     Field("trusted_proxies", "server", _list, (),
           "Addresses of reverse proxies whose X-Forwarded-For names the client address."),
     Field("allowed_origins", "server", parse_origins, ("*",),

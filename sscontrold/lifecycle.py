@@ -92,14 +92,26 @@ class DrainingService(MultiService):
         return d
 
 
-def drain(node, factory, notifier, clock, deadline: float, spread: float = 5.0) -> Deferred:
+# The longest reconnect hint, whatever the connection count and rate.
+MAX_RECONNECT_SPREAD = 60.0
+
+
+def reconnect_spread(connections: int, rate: float) -> float:
+    """Seconds over which ``connections`` clients should come back to arrive at ``rate``
+    per second: a small node's clients return at once, a big one's are paced."""
+    return min(MAX_RECONNECT_SPREAD, connections / rate) if rate > 0 else 0.0
+
+
+def drain(node, factory, notifier, clock, deadline: float, reconnect_rate: float) -> Deferred:
     """Tell every connected client to go, and fire when all are gone or at ``deadline``."""
     node.draining = True
     DRAINING.set(1)
     notifier.stopping(f"draining {len(factory.open_connections)} connections")
-    events.emit("info", "drain.start", connections=len(factory.open_connections), deadline=deadline)
+    spread = reconnect_spread(len(factory.open_connections), reconnect_rate)
+    events.emit("info", "drain.start", connections=len(factory.open_connections), deadline=deadline,
+                reconnect_spread=round(spread, 3))
     for proto in list(factory.open_connections):
-        hint = int(random.uniform(0.5, max(0.5, spread)) * 1000)  # nosec B311  # spreads reconnects: no secret
+        hint = int(random.uniform(0, spread) * 1000)  # nosec B311  # spreads reconnects: no secret
         reason = f"server restarting; reconnect_in_ms={hint}"
         if proto.client is not None:
             proto.client.release(CLOSE_SERVICE_RESTART, reason)

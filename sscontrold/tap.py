@@ -173,8 +173,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     listeners = [Listener("public", public, with_tls(site, tls), "wss" if tls is not None else "ws",
                           settings.host, settings.port)]
     sites = [site]
+
+    def drain_node():
+        return drain(node, factory, notifier, reactor, node.settings.drain_timeout,
+                     node.settings.drain_reconnect_rate)
+
     if settings.admin_enabled:
-        actions = admin_actions(node, lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
+        actions = admin_actions(node, drain_node)
         sites.append(admin_site(readiness, health, settings.handshake_timeout, settings.session_body_max_bytes,
                                 actions, reactor=reactor))
         listeners.append(Listener("admin", server_endpoint(reactor, settings.admin_host, settings.admin_port),
@@ -192,7 +197,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
                         notifier, reactor, started_with=settings)
     reloader.setServiceParent(top)
     SystemdService(notifier, lambda: readiness.ready, node.status_line, reactor).setServiceParent(top)
-    top.drain_steps.append(lambda: drain(node, factory, notifier, reactor, node.settings.drain_timeout))
+    top.drain_steps.append(drain_node)
     # What the in-memory tests (tests/memory.py, test_tree_memory.py) inspect of the tree.
     top.node, top.readiness, top.reloader = node, readiness, reloader
     return top

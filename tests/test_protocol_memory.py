@@ -369,7 +369,8 @@ def test_drain_closes_1012_with_a_reconnect_hint_and_holds_the_peer(mem):
     for conn in (a, b):
         code, reason = conn.close_code(), conn.closed_with[1]
         assert code == 1012 and reason.startswith("server restarting; reconnect_in_ms=")
-        assert 500 <= int(reason.rsplit("=", 1)[1]) <= 5000
+        # 2 connections at the default 2000 a second: back within a millisecond
+        assert 0 <= int(reason.rsplit("=", 1)[1]) <= 1
     assert mem.node.draining
     late = mem.site.buildProtocol(None)
     assert late is not None  # refused at the handshake (503 draining), see test_handshake_memory
@@ -379,6 +380,33 @@ def test_drain_closes_1012_with_a_reconnect_hint_and_holds_the_peer(mem):
     stopped.addBoth(done.append)
     mem.advance(1)
     assert len(done) == 1 and all(ok for ok, _ in done[0])  # drained before the deadline
+
+
+def _drain_hints(daemon, clients: int) -> list[int]:
+    conns = [daemon.connect() for _ in range(clients)]
+    daemon.stop()
+    hints = []
+    for conn in conns:
+        code, reason = conn.close_code(), conn.closed_with[1]
+        assert code == 1012, (code, reason)
+        hints.append(int(reason.rsplit("reconnect_in_ms=", 1)[1]))
+    return hints
+
+
+def test_drain_spreads_reconnects_to_the_configured_rate(memory_daemon):
+    # 20 connections at 10 a second: hints over 0-2 s, not all alike
+    hints = _drain_hints(memory_daemon("--drain-reconnect-rate", "10"), 20)
+    assert all(0 <= h <= 2000 for h in hints) and len(set(hints)) > 1, hints
+    # 0: every client may come back at once
+    assert _drain_hints(memory_daemon("--drain-reconnect-rate", "0"), 5) == [0] * 5
+
+
+def test_drain_reconnect_spread_is_bounded():
+    from sscontrold.lifecycle import MAX_RECONNECT_SPREAD, reconnect_spread
+
+    assert reconnect_spread(10_000, 2000) == 5.0
+    assert reconnect_spread(10_000_000, 1) == MAX_RECONNECT_SPREAD
+    assert reconnect_spread(10, 0) == 0.0
 
 
 def test_draining_refuses_new_upgrades_503(mem):
