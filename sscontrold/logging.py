@@ -22,6 +22,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
+    PredicateResult,
     formatEvent,
 )
 from zope.interface import implementer
@@ -149,9 +150,26 @@ def configure(level: str, fmt: str) -> None:
     _predicate.setLogLevelForNamespace("", LEVELS[level])
 
 
+# Lines libraries write on every retry while Redis refuses a connection's set-up
+# (AUTH, SELECT) or cannot be reached: the daemon says each once per outage
+# (redis.setup_failed, redis.down), so at debug only, or they flood the journal.
+_RETRY_CHATTER = (("twisted.application._client_service.ClientService", "Scheduling retry"),
+                  ("log_legacy", "Redis error: could not "))
+
+
+def retry_chatter(event: dict) -> PredicateResult:
+    if _config["level"] != "debug":
+        namespace = event.get("log_namespace")
+        for where, starts in _RETRY_CHATTER:
+            if namespace == where and formatEvent(event).startswith(starts):
+                return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def observer() -> ILogObserver:
     """twistd ``--logger sscontrold.logging.observer``."""
-    return FilteringLogObserver(LineObserver(sys.stdout, None, writes_to_journal(sys.stdout)), [_predicate])
+    return FilteringLogObserver(LineObserver(sys.stdout, None, writes_to_journal(sys.stdout)),
+                                [_predicate, retry_chatter])
 
 
 def writes_to_journal(out: TextIO) -> bool:

@@ -457,6 +457,7 @@ class _LinkProtocol(txredisapi.RedisProtocol):
         # load the commands queue up here, behind Twisted's 128 KiB per write.
         twisted_tcp.widen(self.transport, send_limit=1 << 22, read_size=1 << 20)
         result = txredisapi.RedisProtocol.connectionMade(self)
+        self.whenConnected().addCallback(lambda _: self.factory.setup_succeeded())
         self.whenConnected().addCallback(lambda _: self.factory.link.connection_made())
         return result
 
@@ -468,17 +469,43 @@ class _LinkProtocol(txredisapi.RedisProtocol):
 
 
 class _Retrying(redis_guards.KeepTrying):
+    """A Redis connection's factory that keeps trying after a failed set-up (AUTH,
+    SELECT refused, or no answer from a paused Redis). A TCP connect that succeeds
+    resets ClientService's attempt count, so the back-off counts failed set-ups too,
+    and the failure is said once per outage, with txredisapi's reason (which names
+    no password), not once per attempt."""
+
+    connection_name = ""  # the label of sscontrol_redis_reconnect_attempts_total
+    setup_failures = 0
+
     def on_setup_failed(self) -> None:
-        events.emit("warn", "redis.setup_failed", action="retrying with the capped back-off")
+        self.setup_failures += 1
+
+    def connectionError(self, why):
+        # txredisapi's report of the failure on_setup_failed was just told of
+        if self.setup_failures == 1:
+            events.emit("warn", "redis.setup_failed", connection=self.connection_name, error=str(why)[:200],
+                        action="retrying with the capped back-off; said once until a connection is set up")
+        return super().connectionError(why)
+
+    def setup_succeeded(self) -> None:
+        if self.setup_failures:
+            events.emit("info", "redis.setup_recovered", connection=self.connection_name,
+                        failed_attempts=self.setup_failures)
+        self.setup_failures = 0
+
+    def retry_delay(self, attempt: int) -> float:
+        RECONNECTS.labels(self.connection_name).inc()
+        return reconnect_delay(max(attempt, self.setup_failures))
 
 
 class _LinkFactory(_Retrying, txredisapi.RedisFactory):
     protocol = _LinkProtocol
+    connection_name = "link"
     link: RedisLink
 
     def retryDelay(self, attempt):
-        RECONNECTS.labels("link").inc()
-        return reconnect_delay(attempt)
+        return self.retry_delay(attempt)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -488,6 +515,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         # serve it like a single peer and its backlog would grow in Redis.
         twisted_tcp.widen(self.transport, read_size=1 << 20)
         txredisapi.SubscriberProtocol.connectionMade(self)
+        self.whenConnected().addCallback(lambda _: self.factory.setup_succeeded())
         self.whenConnected().addCallback(lambda _: self.subscribe(self.factory.channel)).addCallbacks(
             lambda _: self.factory.cluster.subscribed_now(self),
             lambda f: events.emit("error", "cluster.subscribe_failed", error=f.getErrorMessage()[:200]))
@@ -513,6 +541,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
 class _SubscriberFactory(_Retrying, txredisapi.RedisFactory):
     protocol = _Subscriber
+    connection_name = "subscriber"
 
     def __init__(self, channel: str, link, cluster):
         txredisapi.RedisFactory.__init__(self, None, None, 1, isLazy=True, password=link.password)
@@ -523,11 +552,6 @@ class _SubscriberFactory(_Retrying, txredisapi.RedisFactory):
     def buildProtocol(self, addr):
         self.password = self._link.password  # after a rotation, reconnect with the new one
         return txredisapi.RedisFactory.buildProtocol(self, addr)
-
-
-def _subscriber_retry(attempt: int) -> float:
-    RECONNECTS.labels("subscriber").inc()
-    return reconnect_delay(attempt)
 
 
 class _Outgoing:
@@ -561,7 +585,7 @@ class RedisCluster(Service):
         self._subscriber = ClientService(
             redis_endpoint(parts.hostname, parts.port or 6379, link.timeout,
                            optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
-            factory, retryPolicy=_subscriber_retry, clock=link.clock)
+            factory, retryPolicy=factory.retry_delay, clock=link.clock)
         self._subscribed_on = None  # the subscriber connection whose SUBSCRIBE Redis confirmed
         self._loops = [LoopingCall(self._renew_lease), LoopingCall(self._sweep)]
         for loop in self._loops:

@@ -37,6 +37,7 @@ MODULE_LAYERS = {
     "test_sessions_domain": "domain",
     "test_metrics": "domain",
     "test_cgroup": "domain",
+    "test_logging": "domain",
 }
 
 # Fixtures that start a real process: a test asking for one is a process test.

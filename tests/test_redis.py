@@ -170,3 +170,24 @@ def test_redis_password_rotates_through_reload(daemon_factory, redis_server, tmp
     assert b.recv()["sdp"] == "after rotation"
     shown = d.log() + scrape(d)
     assert not any(pw in shown for pw in ("old-redis-pw-5521", "new-redis-pw-9034", "not-the-redis-pw-7730"))
+
+
+def test_a_failing_connection_set_up_is_logged_once_per_outage(daemon_factory, redis_server, tmp_path):
+    redis = redis_server(password="right-redis-pw-3307")
+    d = daemon_factory(env={"SSCONTROL_REDIS_URL": redis.url, "SSCONTROL_REDIS_PASSWORD": "wrong-redis-pw-8812"})
+    wait_ready(d, 503)
+    # AUTH fails on every attempt: at least 4 more of them, each by both connections
+    deadline = time.monotonic() + 15
+    while value(scrape(d), "sscontrol_redis_reconnect_attempts_total", connection="link") < 5:
+        assert time.monotonic() < deadline, scrape(d)
+        time.sleep(0.2)
+    log = d.log()
+    assert log.count("redis.setup_failed") == 2, log  # once for the link, once for the subscriber
+    assert "connection=link" in log and "connection=subscriber" in log and "WRONGPASS" in log
+    # the libraries' line per attempt is left to debug
+    assert "Scheduling retry" not in log and log.count("could not auth") == 2, log
+    # Redis learns the password the node has: it gets in, and says how many attempts failed
+    assert redis.command("ACL", "SETUSER", "default", ">wrong-redis-pw-8812").startswith(b"+OK")
+    wait_ready(d, 200, timeout=15)
+    assert "redis.setup_recovered" in d.log()
+    assert "wrong-redis-pw-8812" not in d.log() + scrape(d)
