@@ -427,7 +427,7 @@ class QuietSite(Site):
 
 
 def public_site(websocket_factory, health: Callable[[], dict], timeout: float, max_body_bytes: int,
-                extra: dict[bytes, Resource] | None = None, admission=None, reactor=None) -> Site:
+                extra: dict[bytes, Resource] | None = None, admission=None, reactor=None) -> QuietSite:
     root = JSONRoot()
     endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory), admission)
     root.putChild(b"", endpoint)
