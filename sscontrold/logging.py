@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, TextIO, TypedDict
 
 import orjson
 from twisted.logger import (
@@ -137,8 +137,14 @@ def _timestamp(when: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", local) + f".{int(when % 1 * 1000):03d}" + time.strftime("%z", local)
 
 
+class _Config(TypedDict):
+    level: str
+    format: str
+    rank: int  # _RANK of level
+
+
 # Set by makeService and by reload, read by the observer.
-_config = {"level": "info", "format": "text", "rank": _RANK["info"]}
+_config: _Config = {"level": "info", "format": "text", "rank": _RANK["info"]}
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 
 

@@ -280,9 +280,8 @@ class SessionResource(Resource):
 class SessionExpiry(Service):
     """Sweeps expired sessions (and idle rate-limit entries) every ``interval`` seconds."""
 
-    name = "session-expiry"
-
     def __init__(self, api: "SessionAPI", clock, interval: float = 1.0):
+        self.setName("session-expiry")  # Service.name, which Twisted leaves unannotated (None)
         self._api = api
         self._clock = clock
         self._interval = interval
