@@ -250,7 +250,9 @@ class BoundedRequest(Request):
     a body larger than the site's limit, by its Content-Length before reading it,
     chunked when it gets there."""
 
-    channel: GuardedChannel  # QuietSite's requestFactory: its channels are GuardedChannels (None once done)
+    # QuietSite's requestFactory: its channels are GuardedChannels (None once the request is done,
+    # which Twisted's own annotation leaves out too).
+    channel: GuardedChannel
 
     def gotLength(self, length):
         self.content = BytesIO()
