@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web import http
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from . import __version__, cgroup  # noqa: F401 (cgroup: registers the cgroup memory collector)
 from .web import Health, JSONResource, JSONRoot, QuietSite, json_response
@@ -130,7 +130,7 @@ class HealthSummary:
 
 
 def admin_site(readiness: Readiness, health: HealthSummary, timeout: float, max_body_bytes: int,
-               extra=None, reactor=None) -> Site:
+               extra=None, reactor=None) -> QuietSite:
     root = JSONRoot()
     root.putChild(b"health", Health(health))
     root.putChild(b"ready", Ready(readiness))

@@ -104,7 +104,8 @@ class Rooms(_Action):
 
 class Peers(_Action):
     def render_GET(self, request: Request):
-        room = (request.args or {}).get(b"room")
+        args: dict[bytes, list[bytes]] = request.args or {}
+        room = args.get(b"room")
         if not room:
             return error_response(request, http.BAD_REQUEST, "name the room: /peers?room=ROOM")
         try:

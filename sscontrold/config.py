@@ -14,7 +14,7 @@ import ipaddress
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .domain.origins import parse_origins
 
@@ -341,19 +341,32 @@ class ConfigWarning:
 SECRET_FILE_KEYS = {"api_keys": "api_key_file", "turn_secrets": "turn_secret_file",
                     "redis_password": "redis_password_file"}  # nosec B105  # setting names, not secrets
 
-Settings = dataclasses.make_dataclass(
-    "Settings",
-    [(f.name, Any) for f in FIELDS] + [("config_file", Any, dataclasses.field(default=None)),
-                                       ("warnings", Any, dataclasses.field(default=(), compare=False))],
-    frozen=True,
-)
-Settings.__doc__ = "The daemon's effective settings (immutable; a reload builds a new one)."
-Settings.auth_enabled = property(lambda self: bool(self.api_keys))
-Settings.tls_enabled = property(lambda self: self.tls_cert is not None)
-Settings.__repr__ = lambda self: "Settings(%s)" % ", ".join(  # keep secrets out of any log line
-    f"{f.name}={('<set>' if getattr(self, f.name) else '<unset>') if f.secret else repr(getattr(self, f.name))}"
-    for f in FIELDS
-)
+if TYPE_CHECKING:
+    class Settings:
+        """What the type checker sees of the class built below from FIELDS: each setting
+        is an attribute (Any, as the table's parsers return), plus what ``load()`` adds."""
+
+        config_file: str | None
+        warnings: tuple[ConfigWarning, ...]
+        auth_enabled: bool
+        tls_enabled: bool
+
+        def __init__(self, **values: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    Settings = dataclasses.make_dataclass(
+        "Settings",
+        [(f.name, Any) for f in FIELDS] + [("config_file", Any, dataclasses.field(default=None)),
+                                           ("warnings", Any, dataclasses.field(default=(), compare=False))],
+        frozen=True,
+    )
+    Settings.__doc__ = "The daemon's effective settings (immutable; a reload builds a new one)."
+    Settings.auth_enabled = property(lambda self: bool(self.api_keys))
+    Settings.tls_enabled = property(lambda self: self.tls_cert is not None)
+    Settings.__repr__ = lambda self: "Settings(%s)" % ", ".join(  # keep secrets out of any log line
+        f"{f.name}={('<set>' if getattr(self, f.name) else '<unset>') if f.secret else repr(getattr(self, f.name))}"
+        for f in FIELDS
+    )
 
 
 def _parse(field: Field, raw: str, source: str) -> Any:

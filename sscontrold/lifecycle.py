@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import random
 import signal
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import Gauge
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from .config import RESTART_ONLY as _RESTART_ONLY_FIELDS, ConfigError
+from .config import RESTART_ONLY as _RESTART_ONLY_FIELDS, ConfigError, Settings
 from .logging import Events
+
+if TYPE_CHECKING:
+    from .admin import Readiness
+    from .node import SignalingNode
 
 events = Events()
 
@@ -31,8 +35,8 @@ class Reloader(Service):
     to every part that takes new settings. A bad new configuration keeps the
     running one; open connections are never closed."""
 
-    def __init__(self, load: Callable[[], object], apply: list[Callable[[object], None]], notifier, clock,
-                 started_with):
+    def __init__(self, load: Callable[[], Settings], apply: list[Callable[[Settings], object]], notifier, clock,
+                 started_with: Settings):
         self._load = load
         self._apply = apply
         self._notifier = notifier
@@ -77,6 +81,11 @@ class DrainingService(MultiService):
     a jittered reconnect hint), and the listeners close once the clients are gone
     or the deadline has passed."""
 
+    # Set by tap.makeService: what the in-memory tests (tests/memory.py) inspect of the tree.
+    node: SignalingNode
+    readiness: Readiness
+    reloader: Reloader
+
     def __init__(self, clock):
         super().__init__()
         self._clock = clock
@@ -117,7 +126,7 @@ def drain(node, factory, notifier, clock, deadline: float, reconnect_rate: float
             proto.client.release(CLOSE_SERVICE_RESTART, reason)
         else:
             proto.close(CLOSE_SERVICE_RESTART, reason)
-    done = Deferred()
+    done: Deferred[None] = Deferred()
     ends_at = clock.seconds() + deadline
 
     def check() -> None:

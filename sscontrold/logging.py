@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, TextIO, TypedDict
 
 import orjson
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -138,8 +139,14 @@ def _timestamp(when: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", local) + f".{int(when % 1 * 1000):03d}" + time.strftime("%z", local)
 
 
+class _Config(TypedDict):
+    level: str
+    format: str
+    rank: int  # _RANK of level
+
+
 # Set by makeService and by reload, read by the observer.
-_config = {"level": "info", "format": "text", "rank": _RANK["info"]}
+_config: _Config = {"level": "info", "format": "text", "rank": _RANK["info"]}
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 
 
@@ -157,13 +164,18 @@ _RETRY_CHATTER = (("twisted.application._client_service.ClientService", "Schedul
                   ("log_legacy", "Redis error: could not "))
 
 
-def retry_chatter(event: dict) -> PredicateResult:
-    if _config["level"] != "debug":
-        namespace = event.get("log_namespace")
-        for where, starts in _RETRY_CHATTER:
-            if namespace == where and formatEvent(event).startswith(starts):
-                return PredicateResult.no
-    return PredicateResult.maybe
+@implementer(ILogFilterPredicate)
+class _RetryChatter:
+    def __call__(self, event: dict) -> PredicateResult:
+        if _config["level"] != "debug":
+            namespace = event.get("log_namespace")
+            for where, starts in _RETRY_CHATTER:
+                if namespace == where and formatEvent(event).startswith(starts):
+                    return PredicateResult.no
+        return PredicateResult.maybe
+
+
+retry_chatter = _RetryChatter()
 
 
 def observer() -> ILogObserver:

@@ -33,7 +33,7 @@ class Waiter:
     """Something a domain coroutine awaits until another event says how it went."""
 
     def __init__(self, clock, timeout: float):
-        self._d = Deferred()
+        self._d: Deferred[Any] = Deferred()
         self._d.addTimeout(timeout, clock, onTimeoutCancel=lambda *_: _raise(TimeoutError()))
 
     def wait(self) -> Deferred:
@@ -58,11 +58,13 @@ class SignalingNode:
         self.events = events
         self.settings = settings
         self.recorder = recorder  # where the domain's metrics go
+        cluster_hub: ClusterHub | None = None
+        self.hub: Hub
         if cluster is None:
             self.hub = Hub(settings.max_peers_per_room, clock, hold_limits(settings), recorder)
         else:  # rooms shared with other nodes through the cluster store
-            self.hub = ClusterHub(settings.max_peers_per_room, clock, hold_limits(settings), cluster, spawn, events,
-                                  lambda timeout: Waiter(clock, timeout), recorder)
+            self.hub = cluster_hub = ClusterHub(settings.max_peers_per_room, clock, hold_limits(settings), cluster,
+                                                spawn, events, lambda timeout: Waiter(clock, timeout), recorder)
             cluster.hub = self.hub
         self.nonces = nonces or MemoryNonceStore(clock.seconds, settings.nonce_store_max)
         self.authenticator = Authenticator(auth_policy(settings), self.nonces, clock.seconds)
@@ -78,8 +80,8 @@ class SignalingNode:
                                      settings.auth_failure_log_per_minute)
         self.admin = Administration(self.hub, events, cluster.node_id if cluster is not None else "local",
                                     cluster, lambda timeout: Waiter(clock, timeout))
-        if cluster is not None:
-            self.hub.admin = self.admin
+        if cluster_hub is not None:  # there is one exactly when there is a cluster
+            cluster_hub.admin = self.admin
 
     def new_client(self, connection, address: str) -> Client:
         return Client(connection, self.hub, self.authenticator, self.limits, self.clock,

@@ -14,6 +14,7 @@ import secrets
 import socket
 import weakref
 from bisect import insort
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -109,12 +110,12 @@ class RedisLink(Service):
         self.goodbyes: list = []  # run at stop, before the connection closes
         self._inflight: set[Deferred] = set()
         self._failed_pings = 0
-        self._factory = None
+        self._factory: _LinkFactory | None = None
         self._address = f"{parts.hostname}:{parts.port or 6379}"
         self._parts = parts
         self.password = password or (unquote(parts.password) if parts.password else None)
         self.connection = self._connect(self.password)
-        self._switching = None  # a new password being tried
+        self._switching: str | None = None  # a new password being tried
         self._watch = LoopingCall(self._ping)
         self._watch.clock = clock
         REDIS_UP.add(self)
@@ -125,7 +126,8 @@ class RedisLink(Service):
         parts = self._parts
         dbid = int(parts.path.lstrip("/")) if parts.path.lstrip("/") else None
         username = unquote(parts.username) if parts.username else None
-        tls = optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None
+        host = cast(str, parts.hostname)  # config.load() refuses a redis_url without a host
+        tls = optionsForClientTLS(host) if parts.scheme == "rediss" else None
         if not lazy:
             return txredisapi.Connection(parts.hostname, parts.port or 6379, dbid=dbid, reconnect=False,
                                          password=password, username=username, ssl_context_factory=tls or False,
@@ -136,7 +138,7 @@ class RedisLink(Service):
                                password=password, replyTimeout=self.timeout, username=username)
         factory.link = self
         self._factory = factory
-        factory.startConnecting(redis_endpoint(parts.hostname, parts.port or 6379, self.timeout, tls))
+        factory.startConnecting(redis_endpoint(host, parts.port or 6379, self.timeout, tls))
         return factory.handler
 
     def apply(self, settings) -> Deferred | None:
@@ -441,7 +443,7 @@ def _pairs(flat) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=False))  # an odd last item has no value: dropped
 
 
-def redis_endpoint(host: str, port: int, timeout: float | None, tls=None):
+def redis_endpoint(host: str, port: int, timeout: float, tls=None):
     """A client endpoint for the Redis at ``host``:``port``, as txredisapi makes its own:
     getaddrinfo (IPv6-only servers work), TLS with ``tls`` (client TLS options) if given."""
     from twisted.internet import reactor
@@ -581,10 +583,11 @@ class RedisCluster(Service):
         self._channel = f"{p}node:{self.node_id}"
         self._members_key = f"{p}node:{self.node_id}:members"
         parts = urlsplit(url)
+        host = cast(str, parts.hostname)  # config.load() refuses a redis_url without a host
         factory = _SubscriberFactory(self._channel, link, self)
         self._subscriber = ClientService(
-            redis_endpoint(parts.hostname, parts.port or 6379, link.timeout,
-                           optionsForClientTLS(parts.hostname) if parts.scheme == "rediss" else None),
+            redis_endpoint(host, parts.port or 6379, link.timeout,
+                           optionsForClientTLS(host) if parts.scheme == "rediss" else None),
             factory, retryPolicy=factory.retry_delay, clock=link.clock)
         self._subscribed_on = None  # the subscriber connection whose SUBSCRIBE Redis confirmed
         self._loops = [LoopingCall(self._renew_lease), LoopingCall(self._sweep)]

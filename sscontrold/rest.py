@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, cast
 
 from prometheus_client import Counter
 from twisted.application.service import Service
@@ -167,7 +167,7 @@ class SessionResource(Resource):
         api = self._api
         settings = api.sync()
         self._cors(request, settings)
-        route = self._route(request.postpath)
+        route = self._route(cast("list[bytes]", request.postpath))  # set by the resource traversal
         method = request.method.decode("ascii", "replace")
         if route is None:
             return error_response(request, http.NOT_FOUND, "not found")
@@ -280,9 +280,8 @@ class SessionResource(Resource):
 class SessionExpiry(Service):
     """Sweeps expired sessions (and idle rate-limit entries) every ``interval`` seconds."""
 
-    name = "session-expiry"
-
     def __init__(self, api: "SessionAPI", clock, interval: float = 1.0):
+        self.setName("session-expiry")  # Service.name, which Twisted leaves unannotated (None)
         self._api = api
         self._clock = clock
         self._interval = interval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import fail, succeed
@@ -10,6 +11,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+
+if TYPE_CHECKING:
+    from twisted.internet.tcp import Port
 
 log = Logger(namespace="sscontrold")
 
@@ -60,12 +64,12 @@ class Listener(Service):
     unbinds on stop."""
 
     def __init__(self, name: str, endpoint, factory, scheme: str, host: str = "?", port: int = 0):
-        self.name = name
+        self.setName(name)  # Service.name, which Twisted leaves unannotated (None)
         self.host, self.requested_port = host, port
         self._endpoint = endpoint
         self._factory = factory
         self._scheme = scheme
-        self._port = None
+        self._port: Port | None = None  # what both endpoints here listen with
 
     def check(self) -> str | None:
         """Readiness: None when bound."""
@@ -73,7 +77,7 @@ class Listener(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        outcome = []
+        outcome: list[Any] = []  # the port, or the Failure
         self._endpoint.listen(self._factory).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # TCP listening is synchronous
         if result is None or not hasattr(result, "getHost"):
@@ -87,7 +91,8 @@ class Listener(Service):
         self._port = result
 
     def log_ready(self) -> None:
-        host = self._port.getHost()
+        # ListenersReady calls it once every listener is bound.
+        host = cast("Port", self._port).getHost()
         log.info("{sscontrol_event}", sscontrol_event="listener.ready", sscontrol_fields={
             "listener": self.name, "url": f"{self._scheme}://{host.host}:{host.port}/"})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import sdnotify
 from twisted.application.service import Service
@@ -26,7 +26,7 @@ class Notifier:
         address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
         self.enabled = bool(address)
         self._own: socket.socket | None = None
-        self._sdnotify = None
+        self._sdnotify: Any = None  # an sdnotify.SystemdNotifier (untyped) when notifying over $NOTIFY_SOCKET
         if address and address != os.environ.get("NOTIFY_SOCKET"):
             self._own = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._own.connect("\0" + address[1:] if address.startswith("@") else address)

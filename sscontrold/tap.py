@@ -116,7 +116,7 @@ def _flag_hint(error: str) -> str:
     return hint.replace("did you mean ", "did you mean --")
 
 
-def load_settings(flags: dict, config_file: str | None):
+def load_settings(flags: dict, config_file: str | None) -> config.Settings:
     """The settings, with the TLS files checked too (a bad certificate is a config error),
     and the connection limits against the open-file limit."""
     settings = config.load(flags, os.environ, config_file, open_files=open_file_limit())
@@ -164,6 +164,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     top = DrainingService(reactor)
     if redis is not None:
         redis.setServiceParent(top)
+    if cluster is not None:  # there is one exactly when there is a Redis link
         cluster.setServiceParent(top)
         readiness.add("redis", cluster.check)
     loop_lag.setServiceParent(top)
@@ -190,8 +191,12 @@ def makeService(options: Options, reactor=None) -> MultiService:
     ListenersReady(listeners).setServiceParent(top)  # once all are bound, not one by one
     readiness.add("draining", lambda: "draining" if node.draining else None)
 
+    def apply_tls(new: config.Settings) -> None:
+        if tls is not None:
+            tls.apply(new)
+
     reloader = Reloader(lambda: load_settings(options.flags, options.config_file),
-                        [node.apply, factory.apply, *(s.apply for s in sites), lambda new: tls and tls.apply(new),
+                        [node.apply, factory.apply, *(s.apply for s in sites), apply_tls,
                          lambda new: redis and redis.apply(new),
                          lambda new: logging.configure(new.log_level, new.log_format)],
                         notifier, reactor, started_with=settings)

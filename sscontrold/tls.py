@@ -81,7 +81,7 @@ class ReloadableServerTLS:
     """
 
     def __init__(self, cert_path: str, key_path: str):
-        self._context = None
+        self._context: SSL.Context | None = None  # set by load() below
         self._loaded: tuple | None = None  # (paths, file contents) of the current context
         self.load(cert_path, key_path)
 

@@ -123,7 +123,8 @@ class _NonceCheck(Exception):
 def _request_params(request: Request, max_body: int) -> dict[str, Any]:
     """Query (and form-encoded body) arguments, then JSON body fields on top."""
     params: dict[str, Any] = {}
-    for name, values in (request.args or {}).items():
+    args: dict[bytes, list[bytes]] = request.args or {}
+    for name, values in args.items():
         if values:
             try:
                 params[name.decode("utf-8")] = values[0].decode("utf-8")
@@ -169,13 +170,13 @@ class TurnResource(JSONResource):
 
     # --- credentials
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         return self._issue(request)
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
         return self._issue(request)
 
-    def _issue(self, request: Request) -> bytes:
+    def _issue(self, request: Request) -> bytes | int:  # int: NOT_DONE_YET
         node = self.node
         settings = node.settings  # read per request: a reload applies at once
         apply_cors(request, settings.cors_origins)

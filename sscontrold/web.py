@@ -5,7 +5,7 @@ plain GET /, and /health. Every error is a JSON body; no traceback is ever shown
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Callable
+from typing import Callable, Protocol, cast
 
 import orjson
 from prometheus_client import Counter, Gauge
@@ -189,6 +189,15 @@ class Health(JSONResource):
         return json_response(request, http.OK, self._summary())
 
 
+class _OpenTransport(Protocol):
+    """What ``WebSocketOrBanner`` uses of a connection's transport (TCP, or TLS over it)."""
+
+    connected: int
+    disconnecting: bool
+
+    def unregisterProducer(self) -> None: ...
+
+
 class WebSocketOrBanner(Resource):
     """A WebSocket upgrade goes to Autobahn; anything else gets the banner."""
 
@@ -204,8 +213,8 @@ class WebSocketOrBanner(Resource):
         if b"websocket" in upgrade.lower():
             if self._admission is not None and self._admission.shed():
                 return self._overloaded(request)
-            channel = request.channel
-            transport = channel.transport
+            channel = cast(GuardedChannel, request.channel)  # QuietSite's: a connection being served
+            transport = cast(_OpenTransport, channel.transport)  # open: it carries this request
             result = self._websocket.render(request)
             if channel.transport is None:  # Autobahn took the connection over
                 channel.upgraded()  # the WebSocket protocol counts it from here
@@ -241,6 +250,10 @@ class BoundedRequest(Request):
     a body larger than the site's limit, by its Content-Length before reading it,
     chunked when it gets there."""
 
+    # QuietSite's requestFactory: its channels are GuardedChannels (None once the request is done,
+    # which Twisted's own annotation leaves out too).
+    channel: GuardedChannel
+
     def gotLength(self, length):
         self.content = BytesIO()
 
@@ -249,10 +262,11 @@ class BoundedRequest(Request):
         if channel is None or channel.refused:
             return
         limit = channel.site.max_body_bytes
-        if self.content.tell() + len(data) > limit:
+        content = cast(BytesIO, self.content)  # gotLength() made it (Twisted types it None)
+        if content.tell() + len(data) > limit:
             channel.refuse(http.REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
             return
-        self.content.write(data)
+        content.write(data)
 
 
 class GuardedChannel(HTTPChannel):
@@ -267,6 +281,7 @@ class GuardedChannel(HTTPChannel):
       by a socket buffer, not by how much it sends.
     """
 
+    site: QuietSite  # the factory sets it on each channel it builds
     refused = False
     _deadline = None
     _deadline_seconds = None
@@ -380,7 +395,8 @@ class QuietSite(Site):
 
     displayTracebacks = False
     noisy = False
-    protocol = GuardedChannel
+    # Twisted types this as its own HTTP/2-negotiating wrapper; any HTTPChannel factory is what it calls.
+    protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = BoundedRequest
 
     def __init__(self, resource, timeout: float, max_body_bytes: int, node=None, reactor=None):
@@ -419,7 +435,7 @@ class QuietSite(Site):
                                   refused=self._refusals)
             self._refusals, self._warned_at = 0, now
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         REQUESTS.labels(endpoint_label(request.uri), str(request.code)).inc()
         path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")[:200]
         log.debug("{sscontrol_event}", sscontrol_event="http.request", sscontrol_fields={
@@ -427,7 +443,7 @@ class QuietSite(Site):
 
 
 def public_site(websocket_factory, health: Callable[[], dict], timeout: float, max_body_bytes: int,
-                extra: dict[bytes, Resource] | None = None, admission=None, reactor=None) -> Site:
+                extra: dict[bytes, Resource] | None = None, admission=None, reactor=None) -> QuietSite:
     root = JSONRoot()
     endpoint = WebSocketOrBanner(WebSocketResource(websocket_factory), admission)
     root.putChild(b"", endpoint)

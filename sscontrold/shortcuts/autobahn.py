@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from types import FunctionType
+from typing import TypeVar, cast
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as ab_protocol
@@ -65,7 +66,10 @@ def send_close(protocol, code: int, reason: str) -> None:
                            reason=reason_utf8.decode("utf-8", "ignore"))
 
 
-def protocol_class(factory, base: type) -> type:
+_Protocol = TypeVar("_Protocol")
+
+
+def protocol_class(factory, base: type[_Protocol]) -> type[_Protocol]:
     """``base``, or (shortcut) a subclass of it holding ``factory``'s options."""
     if not SHORTCUTS:
         return base
@@ -74,7 +78,8 @@ def protocol_class(factory, base: type) -> type:
     options = {name: getattr(factory, name) for name in WebSocketServerProtocol.CONFIG_ATTRS}
     options = {name: staticmethod(value) if isinstance(value, FunctionType) else value
                for name, value in options.items()}
-    return type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()})
+    # type() builds a subclass of base, which the type checker only knows as a type.
+    return cast("type[_Protocol]", type(base.__name__, (base,), {**options, "CONFIG_ATTRS": ()}))
 
 
 def forget_handshake(protocol) -> None:
