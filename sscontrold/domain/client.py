@@ -481,8 +481,8 @@ class Client:
         self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
         answer: dict[str, Any] = {"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
-                  "peers": [{"id": pid} for pid in resumed.others],
-                  "resume_token": resumed.token}  # the one used is spent
+                                  "peers": [{"id": pid} for pid in resumed.others],
+                                  "resume_token": resumed.token}  # the one used is spent
         if resumed.held_lost:  # its node died: messages sent to it meanwhile are gone
             answer["held_lost"] = True
         self.send(answer)
