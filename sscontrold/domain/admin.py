@@ -8,10 +8,11 @@ Pure: the hub, the store and the waiter are injected (see node.py).
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Awaitable, Iterable, Protocol, TypedDict, cast
 
 from .cluster import ClusterUnavailable
-from .rooms import Held
+from .ports import Events, Waiter, WaiterFactory
+from .rooms import Held, Hub, Member
 
 CLOSE_POLICY_VIOLATION = 1008
 ASK_TIMEOUT = 2.0  # seconds to wait for the other nodes' answers
@@ -35,31 +36,58 @@ def check_reason(reason: Any) -> str:
     return reason
 
 
+class AdminStore(Protocol):
+    """What the cluster-wide actions need of the cluster store."""
+
+    def members(self, room_id: str) -> Awaitable[dict[str, str]]:
+        """Awaitable of the room's members ``{peer_id: node_id}``."""
+
+    def rooms(self, limit: int) -> Awaitable[tuple[dict[str, int], bool]]:
+        """Awaitable of the rooms' member counts (at most ``limit``) and whether more were left out."""
+
+    def nodes(self) -> Awaitable[Iterable[str]]:
+        """Awaitable of the nodes of the cluster."""
+
+    def publish(self, node_id: str, event: dict[str, Any]) -> None:
+        """Send ``event`` to a node; raises ClusterUnavailable when the store is down."""
+
+
+class _Ask(TypedDict):
+    """An ask of ours waiting for the other nodes' answers."""
+
+    waiter: Waiter
+    expect: int
+    got: int
+    found: list[dict[str, Any]]
+
+
 class Administration:
-    def __init__(self, hub, events, node_id: str = "local", store=None, waiter=None):
+    def __init__(self, hub: Hub, events: Events, node_id: str = "local", store: AdminStore | None = None,
+                 waiter: WaiterFactory | None = None):
         self.hub = hub
         self.events = events
         self.node_id = node_id
         self.store = store  # a ClusterStore with rooms() and nodes(), or None: this node only
         self._waiter = waiter  # waiter(timeout): .wait(), .succeed(v), .fail(e)
-        self._asks: dict[str, dict] = {}
+        self._asks: dict[str, _Ask] = {}
 
     @property
     def scope(self) -> str:
         return "cluster" if self.store is not None else "node"
 
-    def audit(self, level: str, event: str, actor: str, **fields) -> None:
+    def audit(self, level: str, event: str, actor: str | None, **fields: Any) -> None:
+        """``actor`` None: another node's request that named none."""
         self.events.emit(level, f"admin.{event}", actor=actor, node=self.node_id, **fields)
 
     # --- this node
 
-    def _local_rooms(self) -> dict[str, dict]:
+    def _local_rooms(self) -> dict[str, dict[str, Member]]:
         return self.hub._rooms  # room -> {peer: member}, the hub's own table (read only)
 
-    def local_peers(self, room_id: str) -> list[dict]:
+    def local_peers(self, room_id: str) -> list[dict[str, Any]]:
         peers = []
         for peer_id, member in self._local_rooms().get(room_id, {}).items():
-            entry = {"peer_id": peer_id, "node": self.node_id,
+            entry: dict[str, Any] = {"peer_id": peer_id, "node": self.node_id,
                      "state": "held" if isinstance(member, Held) else "connected"}
             for field in ("device_id", "address"):
                 value = getattr(member, field, None)
@@ -71,7 +99,7 @@ class Administration:
     # The codes of the error a removed peer gets (docs/protocol.md, Errors).
     REMOVAL_CODES = ("kicked", "room_closed")
 
-    def _remove(self, member, message: str, code: str) -> None:
+    def _remove(self, member: Member, message: str, code: str) -> None:
         """The peer gets an ``error``, its room ``peer_left`` (at once), then the close."""
         if not isinstance(member, Held):
             member.send({"type": "error", "message": message, "code": code})
@@ -99,7 +127,7 @@ class Administration:
 
     # --- the whole cluster
 
-    async def rooms(self, actor: str) -> dict:
+    async def rooms(self, actor: str) -> dict[str, Any]:
         self.audit("info", "rooms", actor)
         if self.store is None:
             counts = {room_id: len(room) for room_id, room in self._local_rooms().items()}
@@ -109,7 +137,7 @@ class Administration:
         rooms = [{"room_id": r, "members": n} for r, n in sorted(counts.items())][:MAX_LISTED_ROOMS]
         return {"scope": self.scope, "rooms": rooms, "truncated": truncated or len(counts) > MAX_LISTED_ROOMS}
 
-    async def peers(self, room_id: str, actor: str) -> dict:
+    async def peers(self, room_id: str, actor: str) -> dict[str, Any]:
         self.audit("info", "peers", actor, room=room_id)
         local = {p["peer_id"]: p for p in self.local_peers(room_id)}
         if self.store is not None:
@@ -119,14 +147,14 @@ class Administration:
             raise AdminError("no such room (or it is empty)", 404)
         return {"scope": self.scope, "room_id": room_id, "peers": sorted(local.values(), key=lambda p: p["peer_id"])}
 
-    async def kick(self, peer_id: str, reason: Any, actor: str) -> dict:
+    async def kick(self, peer_id: str, reason: Any, actor: str) -> dict[str, Any]:
         reason = check_reason(reason)
         room_id = self.kick_local(peer_id, reason)
         if room_id is not None:
             self.audit("warn", "kick", actor, peer_id=peer_id, room=room_id, reason=reason, where=self.node_id)
             return {"kicked": peer_id, "room_id": room_id, "node": self.node_id}
         if self.store is not None:
-            answers = await self._ask({"action": "kick", "peer": peer_id, "reason": reason, "actor": actor})
+            answers = await self._ask(self.store, {"action": "kick", "peer": peer_id, "reason": reason, "actor": actor})
             for answer in answers["found"]:
                 self.audit("warn", "kick", actor, peer_id=peer_id, room=answer["room"], reason=reason,
                            where=answer["node"])
@@ -138,12 +166,13 @@ class Administration:
         self.audit("warn", "kick", actor, peer_id=peer_id, reason=reason, result="not_found")
         raise AdminError("no such peer", 404)
 
-    async def close_room(self, room_id: str, reason: Any, actor: str) -> dict:
+    async def close_room(self, room_id: str, reason: Any, actor: str) -> dict[str, Any]:
         reason = check_reason(reason)
         closed = {self.node_id: self.close_room_local(room_id, reason)}
         unanswered = 0
         if self.store is not None:
-            answers = await self._ask({"action": "close_room", "room": room_id, "reason": reason, "actor": actor})
+            answers = await self._ask(self.store, {"action": "close_room", "room": room_id, "reason": reason,
+                                                   "actor": actor})
             for answer in answers["found"]:
                 closed[answer["node"]] = answer["count"]
             unanswered = answers["unanswered"]
@@ -157,17 +186,17 @@ class Administration:
 
     # --- asking the other nodes
 
-    async def _ask(self, request: dict) -> dict:
-        nodes = [n for n in await self.store.nodes() if n != self.node_id]
-        result = {"found": [], "unanswered": 0}
+    async def _ask(self, store: AdminStore, request: dict[str, Any]) -> dict[str, Any]:
+        nodes = [n for n in await store.nodes() if n != self.node_id]
+        result: dict[str, Any] = {"found": [], "unanswered": 0}
         if not nodes:
             return result
         ask_id = secrets.token_hex(8)
-        waiter = self._waiter(ASK_TIMEOUT)
+        waiter = cast(WaiterFactory, self._waiter)(ASK_TIMEOUT)  # set with the store (node.py)
         self._asks[ask_id] = {"waiter": waiter, "expect": len(nodes), "got": 0, "found": result["found"]}
         try:
             for node in nodes:
-                self.store.publish(node, {"op": "admin", "id": ask_id, "reply": self.node_id, **request})
+                store.publish(node, {"op": "admin", "id": ask_id, "reply": self.node_id, **request})
             await waiter.wait()
         except TimeoutError:
             pass
@@ -178,10 +207,11 @@ class Administration:
         result["unanswered"] = ask["expect"] - ask["got"]
         return result
 
-    def on_event(self, event: dict) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         """An admin request from another node, or an answer to one of ours."""
         if event.get("op") == "admin_reply":
-            ask = self._asks.get(event.get("id"))
+            ask_id: Any = event.get("id")  # as the other node sent it
+            ask = self._asks.get(ask_id)
             if ask is None:
                 return  # too late: that ask has timed out
             ask["got"] += 1
@@ -207,6 +237,7 @@ class Administration:
         else:
             return
         try:
-            self.store.publish(event["reply"], reply)
+            # Only a cluster store's nodes send these: there is one.
+            cast(AdminStore, self.store).publish(event["reply"], reply)
         except ClusterUnavailable:  # the asking node times out and says so
             self.events.emit("warn", "cluster.publish_failed", op="admin_reply")

@@ -9,7 +9,7 @@ import hashlib
 import heapq
 import hmac
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, Protocol
 
 from .compare import any_secret
 
@@ -24,7 +24,7 @@ class AuthRefused(Exception):
 
 
 class NonceStore(Protocol):
-    def add(self, key: bytes, expires_at: float):
+    def add(self, key: bytes, expires_at: float) -> bool | Awaitable[bool]:
         """Remember ``key`` until ``expires_at``; False if it is already remembered.
 
         A shared store answers with an awaitable of that bool."""
@@ -93,7 +93,7 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.policy.enabled
 
-    def verify(self, device_id: str, timestamp: int, nonce: str, token: str):
+    def verify(self, device_id: str, timestamp: int, nonce: str, token: str) -> Coroutine[Any, Any, None] | None:
         """Raise AuthRefused if the credentials are bad. Good ones return None, or,
         when the nonce store answers later (Redis), an awaitable that raises
         AuthRefused on a replay."""
@@ -117,7 +117,7 @@ class Authenticator:
         return _refuse_replay(fresh)
 
 
-async def _refuse_replay(fresh) -> None:
+async def _refuse_replay(fresh: Awaitable[bool]) -> None:
     if not await fresh:
         raise AuthRefused("replay", "authentication failed: nonce already used")
 

@@ -13,7 +13,7 @@ import secrets
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Iterator, Protocol, cast
 
 import orjson
 
@@ -21,6 +21,7 @@ from .auth import Authenticator, AuthRefused
 from .cluster import ClusterUnavailable, undelivered_error
 from .limits import FailureGuard, TokenBucket
 from .metrics import MemoryRecorder, Recorder
+from .ports import Clock, Events, Spawn, Timer
 from .rooms import Hub, NotInRoom, Resumed, RoomFull, UnknownPeer, UnknownToken
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
@@ -55,21 +56,16 @@ def _is_utf8(payload: bytes) -> bool:
 
 
 class Connection(Protocol):
-    def send(self, message: dict) -> None: ...
+    def send(self, message: dict[str, Any]) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
 
-class Clock(Protocol):
-    def seconds(self) -> float: ...
+# A handler of a message type the node adds (e.g. "turn"): it answers through the client.
+Extension = Callable[["Client", dict[str, Any]], None]
 
-    def callLater(self, delay: float, f: Callable, *args: Any) -> Any: ...
-
-
-class Events(Protocol):
-    """Where audit and diagnostic events go (the adapter logs them)."""
-
-    def emit(self, level: str, event: str, **fields: Any) -> None: ...
+# What a handler may answer that waits on the cluster store: run it with spawn.
+Step = Coroutine[Any, Any, None]
 
 
 @dataclass(frozen=True)
@@ -109,8 +105,8 @@ class Client:
         clock: Clock,
         events: Events,
         address: str,
-        extensions: dict[str, Callable[["Client", dict], None]] | None = None,
-        spawn: Callable[[Any], None] | None = None,
+        extensions: dict[str, Extension] | None = None,
+        spawn: Spawn | None = None,
         failures: FailureGuard | None = None,
         recorder: Recorder | None = None,
     ):
@@ -134,9 +130,9 @@ class Client:
         self._extensions = extensions or {}
         self._spawn = spawn  # runs a coroutine to its end (the adapter's event loop)
         self._failures = failures  # failed auths per address (shared by the node's connections)
-        self._waiting: deque | None = None
-        self._auth_deadline = None
-        self._timers: dict[str, Any] = {}  # named per-connection timers (schedule())
+        self._waiting: deque[tuple[bytes, bool]] | None = None
+        self._auth_deadline: Timer | None = None
+        self._timers: dict[str, Timer] = {}  # named per-connection timers (schedule())
         if not self.authenticated:
             self._auth_deadline = clock.callLater(limits.auth_timeout, self._auth_timed_out)
 
@@ -148,7 +144,7 @@ class Client:
 
     # --- to the peer
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         if not self.closed:
             self.connection.send(message)
 
@@ -265,7 +261,10 @@ class Client:
             self.send_error("authentication required", "auth_required")
             return REFUSED
         try:
-            step = handler(message) if handler is not None else extension(self, message)
+            if handler is not None:
+                step = handler(message)
+            else:  # then an extension is set (checked above)
+                step = cast(Extension, extension)(self, message)
         except BadMessage as e:
             self.send_error(e.message, e.code)
             return REFUSED
@@ -275,10 +274,11 @@ class Client:
             return step
         # a coroutine: it waits on the cluster store
         self._waiting = deque()
-        self._spawn(self._finish(step))
+        # Only a hub that waits on a store answers later, and the node passes spawn with one.
+        cast(Spawn, self._spawn)(self._finish(step))
         return PENDING
 
-    async def _finish(self, step) -> None:
+    async def _finish(self, step: Awaitable[None]) -> None:
         try:
             await step
         except BadMessage as e:
@@ -330,7 +330,7 @@ class Client:
 
     # --- field validation
 
-    def _str(self, message: dict, field: str, max_len: int, *, allow_empty: bool = False,
+    def _str(self, message: dict[str, Any], field: str, max_len: int, *, allow_empty: bool = False,
              measure_bytes: bool = False) -> str:
         value = message.get(field)
         if not isinstance(value, str):
@@ -342,7 +342,7 @@ class Client:
             raise BadMessage(f"field '{field}' is too long (at most {max_len})", "too_long")
         return value
 
-    def _int(self, message: dict, field: str, low: int, high: int) -> int:
+    def _int(self, message: dict[str, Any], field: str, low: int, high: int) -> int:
         value = message.get(field)
         if not isinstance(value, int) or isinstance(value, bool):
             raise BadMessage(f"missing or non-integer field '{field}'")
@@ -352,7 +352,7 @@ class Client:
 
     # --- handlers, one per message type
 
-    def handle_auth(self, message: dict) -> None:
+    def handle_auth(self, message: dict[str, Any]) -> Step | None:
         limit = self.limits.max_id_length
         device_id = self._str(message, "device_id", limit)
         if "api_key" in message and not isinstance(message["api_key"], str):
@@ -383,7 +383,7 @@ class Client:
         self._auth_accepted(device_id)
         return None
 
-    async def _auth_after(self, pending, device_id: str) -> None:
+    async def _auth_after(self, pending: Awaitable[None], device_id: str) -> None:
         try:
             await pending
         except AuthRefused as refused:
@@ -415,7 +415,7 @@ class Client:
                          peer_id=self.peer_id)
         self.send({"type": "auth_success", "message": "authenticated"})
 
-    def handle_join(self, message: dict):
+    def handle_join(self, message: dict[str, Any]) -> Step | None:
         room_id = self._str(message, "room_id", self.limits.max_id_length)
         previous = self.hub.room_of(self)
         with self._room_errors():
@@ -425,13 +425,13 @@ class Client:
             return None
         return self._join_after(others, room_id, previous)  # the cluster store answers later
 
-    async def _join_after(self, pending, room_id: str, previous: str | None) -> None:
+    async def _join_after(self, pending: Awaitable[list[str]], room_id: str, previous: str | None) -> None:
         with self._room_errors():
             others = await pending
         self._joined(room_id, previous, others)
 
     @contextmanager
-    def _room_errors(self):
+    def _room_errors(self) -> Iterator[None]:
         try:
             yield
         except RoomFull:
@@ -452,7 +452,7 @@ class Client:
         self.send({"type": "peers", "peers": [{"id": pid} for pid in others], "peer_id": self.peer_id,
                    "resume_token": self.hub.resume_token(self)})
 
-    def handle_resume(self, message: dict) -> None:
+    def handle_resume(self, message: dict[str, Any]) -> Step | None:
         """Take back the place of a peer whose connection dropped (an extension:
         the answer, ``resumed``, goes only to clients that ask)."""
         token = self._str(message, "resume_token", 128)
@@ -468,7 +468,7 @@ class Client:
             return None
         return self._resume_after(resumed, fresh_id)  # the peer is on another node
 
-    async def _resume_after(self, pending, fresh_id: str) -> None:
+    async def _resume_after(self, pending: Awaitable[Resumed], fresh_id: str) -> None:
         try:
             resumed = await pending
         except UnknownToken:
@@ -480,22 +480,22 @@ class Client:
     def _resumed(self, resumed: Resumed, fresh_id: str) -> None:
         self.events.emit("info", "room.resume", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, replaces=fresh_id, held=len(resumed.held))
-        answer = {"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
-                  "peers": [{"id": pid} for pid in resumed.others],
-                  "resume_token": resumed.token}  # the one used is spent
+        answer: dict[str, Any] = {"type": "resumed", "peer_id": self.peer_id, "room_id": resumed.room_id,
+                                  "peers": [{"id": pid} for pid in resumed.others],
+                                  "resume_token": resumed.token}  # the one used is spent
         if resumed.held_lost:  # its node died: messages sent to it meanwhile are gone
             answer["held_lost"] = True
         self.send(answer)
         for held in resumed.held:
             self.send(held)
 
-    def handle_offer(self, message: dict) -> Outcome:
+    def handle_offer(self, message: dict[str, Any]) -> Outcome:
         return self._relay_sdp("offer", message)
 
-    def handle_answer(self, message: dict) -> Outcome:
+    def handle_answer(self, message: dict[str, Any]) -> Outcome:
         return self._relay_sdp("answer", message)
 
-    def handle_ice(self, message: dict) -> Outcome:
+    def handle_ice(self, message: dict[str, Any]) -> Outcome:
         to = self._str(message, "to", self.limits.max_id_length)
         candidate = self._str(message, "candidate", self.limits.max_candidate_bytes,
                               allow_empty=True, measure_bytes=True)
@@ -504,12 +504,12 @@ class Client:
         return self._relay(to, {"type": "ice", "from": self.peer_id, "to": to, "candidate": candidate,
                          "sdp_mid": sdp_mid, "sdp_mline_index": index})
 
-    def _relay_sdp(self, kind: str, message: dict) -> Outcome:
+    def _relay_sdp(self, kind: str, message: dict[str, Any]) -> Outcome:
         to = self._str(message, "to", self.limits.max_id_length)
         sdp = self._str(message, "sdp", self.limits.max_sdp_bytes, measure_bytes=True)
         return self._relay(to, {"type": kind, "from": self.peer_id, "to": to, "sdp": sdp})
 
-    def _relay(self, to: str, message: dict) -> Outcome:
+    def _relay(self, to: str, message: dict[str, Any]) -> Outcome:
         if to == self.peer_id:  # it would only fill the sender's own queue
             raise BadMessage("cannot relay a message to yourself", "self_relay")
         try:

@@ -10,11 +10,16 @@ through the store's per-node channels. Pure: the store is injected.
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from .compare import same_secret
 from .metrics import Recorder
-from .rooms import Held, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device, new_token
+from .ports import Clock, Events, Spawn, Timer, Waiter, WaiterFactory
+from .rooms import (Held, HoldLimits, Hub, Member, Resumed, RoomFull, UnknownPeer, UnknownToken, bound_device,
+                    new_token)
+
+if TYPE_CHECKING:  # admin.py imports this module
+    from .admin import Administration
 
 HANDOVER_TIMEOUT = 5.0  # seconds a resume waits for the old node to hand the peer over
 DEAD_NODE_POLL = 0.25  # seconds between looks at an old node that does not listen: dead yet?
@@ -37,45 +42,50 @@ class ClusterUnavailable(Exception):
 class ClusterStore(Protocol):
     node_id: str
 
-    def join(self, room_id: str, peer_id: str, token: str, max_peers: int | None, device: str | None = None):
+    def join(self, room_id: str, peer_id: str, token: str, max_peers: int | None,
+             device: str | None = None) -> Awaitable[dict[str, str] | None]:
         """Awaitable of the room's members ``{peer_id: node_id}`` after adding the
         peer, or None when the room is full. ``max_peers`` None: no limit. ``device``:
         the device the resume token is bound to (auth on), kept in its record."""
 
-    def leave(self, room_id: str, peer_id: str, token: str):
+    def leave(self, room_id: str, peer_id: str, token: str) -> Awaitable[dict[str, str]]:
         """Awaitable of the room's remaining members."""
 
-    def members(self, room_id: str):
+    def members(self, room_id: str) -> Awaitable[dict[str, str]]:
         """Awaitable of the room's members."""
 
-    def publish(self, node_id: str, event: dict, on_failure=None) -> None:
+    def publish(self, node_id: str, event: dict[str, Any], on_failure: Callable[[str], None] | None = None) -> None:
         """Send ``event`` to a node; raises ClusterUnavailable when the store is down.
         Later failures go to ``on_failure(code)`` (a code of UNDELIVERED)."""
 
-    def publish_now(self, node_id: str, event: dict):
+    def publish_now(self, node_id: str, event: dict[str, Any]) -> Awaitable[int]:
         """Awaitable of how many nodes got ``event`` (0: that node does not listen)."""
 
-    def node_alive(self, node_id: str):
+    def node_alive(self, node_id: str) -> Awaitable[bool]:
         """Awaitable: whether the node's lease is still there."""
 
     def adopt(self, room_id: str, peer_id: str, token: str, old_node: str, new_token: str,
-              device: str | None = None):
+              device: str | None = None) -> Awaitable[dict[str, str] | None]:
         """Awaitable of the room's members after taking over the peer of a dead node
         under ``new_token`` (``token`` is spent), or None when it is no longer that
         node's."""
 
     lease: float
-    relay_timeout: float  # how late a relayed message may still be delivered
 
-    def token(self, token: str):
+    @property
+    def relay_timeout(self) -> float:
+        """How late a relayed message may still be delivered."""
+
+    def token(self, token: str) -> Awaitable[dict[str, Any] | None]:
         """Awaitable of the resume token's record ``{"peer", "room", "node", "device"}`` or None."""
 
     def move(self, room_id: str, peer_id: str, token: str, new_node: str, new_token: str,
-             device: str | None = None):
+             device: str | None = None) -> Awaitable[object]:
         """Awaitable: the peer is now served by ``new_node``, under ``new_token``
         (``token`` is spent)."""
 
-    def rotate(self, room_id: str, peer_id: str, token: str, new_token: str, device: str | None = None):
+    def rotate(self, room_id: str, peer_id: str, token: str, new_token: str,
+               device: str | None = None) -> Awaitable[object]:
         """Awaitable: this node's peer now resumes with ``new_token`` (``token`` is spent)."""
 
     @property
@@ -87,9 +97,9 @@ class Moving:
     route wait until every node that may still have some on the old route says it
     has no more (its marker, forwarded by the old node), so the order holds."""
 
-    def __init__(self, waiting: set[str], timer):
+    def __init__(self, waiting: set[str], timer: Timer):
         self.waiting = waiting
-        self.buffer: list[dict] = []
+        self.buffer: list[dict[str, Any]] = []
         self.timer = timer
 
 
@@ -108,19 +118,22 @@ class _Claimant:
 
 
 class ClusterHub(Hub):
-    def __init__(self, max_peers_per_room: int, clock, hold, store: ClusterStore, spawn, events, waiter,
-                 recorder: Recorder | None = None):
+    clock: Clock  # required here (the single-node hub may have none)
+
+    def __init__(self, max_peers_per_room: int, clock: Clock, hold: HoldLimits | None, store: ClusterStore,
+                 spawn: Spawn, events: Events, waiter: WaiterFactory, recorder: Recorder | None = None):
         super().__init__(max_peers_per_room, clock, hold, recorder)
         self.store = store
         self._spawn = spawn
         self._events = events
         self._waiter = waiter  # waiter(timeout): .wait() awaitable, .succeed(v), .fail(exc)
-        self._handovers: dict[str, tuple] = {}  # peer -> (waiter, member): resumes waiting here
+        # peer -> (waiter, member, token): resumes waiting here
+        self._handovers: dict[str, tuple[Waiter, Member, str]] = {}
         self._moving: dict[str, Moving] = {}  # peers handed over to this node, old route draining
         self._forward: dict[str, Forward] = {}  # peers handed to another node
-        self._takeovers: dict[str, dict] = {}  # takeovers waiting for the old connection to close
+        self._takeovers: dict[str, dict[str, Any]] = {}  # takeovers waiting for the old connection to close
         self._remote: dict[str, dict[str, str]] = {}  # room -> {peer: node} of other nodes
-        self._joining: dict[str, list[dict]] = {}  # room -> events that came during a join
+        self._joining: dict[str, list[dict[str, Any]]] = {}  # room -> events that came during a join
         self.deferred_leaves: list[tuple[str, str, str]] = []  # leaves the store may not have seen
         self._relay_seq = 0
         self._relays: dict[int, tuple[str, str, str]] = {}  # relays on their way: id -> (sender, type, to)
@@ -128,7 +141,7 @@ class ClusterHub(Hub):
 
     # --- membership
 
-    def join(self, member: Member, room_id: str):
+    def join(self, member: Member, room_id: str) -> list[str] | Awaitable[list[str]]:
         current = self.room_of(member)
         if current == room_id:
             return [pid for pid in self._members_of(room_id) if pid != member.peer_id]
@@ -142,7 +155,7 @@ class ClusterHub(Hub):
         any members other nodes took meanwhile, when the store is back."""
         if self._remote.get(room_id):
             raise ClusterUnavailable()
-        return Hub.join(self, member, room_id)
+        return self._join_here(member, room_id)
 
     async def _join(self, member: Member, room_id: str, current: str | None) -> list[str]:
         if current is not None:
@@ -206,7 +219,7 @@ class ClusterHub(Hub):
 
     # --- relay
 
-    def relay(self, sender: Member, to: str, message: dict) -> None:
+    def relay(self, sender: Member, to: str, message: dict[str, Any]) -> None:
         room_id = self.sender_room(sender)
         target = self._rooms[room_id].get(to)
         if target is not None:
@@ -248,7 +261,7 @@ class ClusterHub(Hub):
         if place is not None:  # where the sender is now (held: it hears on resume)
             place.send(undelivered_error(kind, to, code))
 
-    def _deliver(self, target: Member, message: dict, from_node: str) -> None:
+    def _deliver(self, target: Member, message: dict[str, Any], from_node: str) -> None:
         moving = self._moving.get(target.peer_id)
         if moving is not None and from_node in moving.waiting:
             moving.buffer.append(message)
@@ -257,7 +270,7 @@ class ClusterHub(Hub):
 
     # --- resume on another node than the one that held the peer
 
-    def resume(self, token: str, member: Member):
+    def resume(self, token: str, member: Member) -> Resumed | Awaitable[Resumed]:
         if token in self._peer_of:
             return super().resume(token, member)
         if not self.store.available:
@@ -286,7 +299,7 @@ class ClusterHub(Hub):
             self._handovers[peer_id] = (waiter, member, token)
             try:
                 if await self.store.publish_now(old_node, takeover):
-                    resumed = await waiter.wait()
+                    resumed: Resumed = await waiter.wait()
                     self.recorder.resume("resumed_elsewhere")
                     return resumed
                 waiter.fail(UnknownToken())  # not heard: this waiter is done with
@@ -307,7 +320,7 @@ class ClusterHub(Hub):
             except TimeoutError:
                 pass
 
-    async def _adopt(self, member: Member, token: str, record: dict, old_node: str) -> Resumed:
+    async def _adopt(self, member: Member, token: str, record: dict[str, Any], old_node: str) -> Resumed:
         """The peer's node died: take its place over from the store alone. Its room
         hears nothing; what the dead node held for it is lost (the answer says so).
         The token is spent for a new one, and with auth on only the device it was bound
@@ -341,7 +354,7 @@ class ClusterHub(Hub):
         return Resumed(room_id, [pid for pid in list(room) + list(remote) if pid != peer_id], [], token=fresh,
                        held_lost=True)
 
-    def _on_takeover(self, event: dict) -> None:
+    def _on_takeover(self, event: dict[str, Any]) -> None:
         """Another node resumes one of ours: hand the peer over, quietly."""
         peer_id, room_id, new_node = event["peer"], event["room"], event["node"]
         room = self._rooms.get(room_id)
@@ -413,7 +426,7 @@ class ClusterHub(Hub):
         except Exception as e:  # the old token is refused here anyway (this node checks it)
             self._events.emit("warn", "cluster.rotate_failed", peer_id=peer_id, error=str(e)[:200])
 
-    def _on_handover(self, event: dict) -> None:
+    def _on_handover(self, event: dict[str, Any]) -> None:
         peer_id, room_id, old_node = event["peer"], event["room"], event["node"]
         pending = self._handovers.pop(peer_id, None)
         if pending is None:
@@ -441,7 +454,7 @@ class ClusterHub(Hub):
         others = [pid for pid in list(room) + list(remote) if pid != peer_id]
         waiter.succeed(Resumed(room_id, others, event["held"], token))
 
-    def _on_marker(self, event: dict) -> None:
+    def _on_marker(self, event: dict[str, Any]) -> None:
         moving = self._moving.get(event["peer"])
         if moving is not None:
             moving.waiting.discard(event["node"])
@@ -470,9 +483,9 @@ class ClusterHub(Hub):
         self._rooms[room_id][member.peer_id] = member
         self._room_of[member.peer_id] = room_id
 
-    def _forwarded(self, event: dict) -> bool:
+    def _forwarded(self, event: dict[str, Any]) -> bool:
         """Pass on what reaches this node for a peer it handed over."""
-        peer_id = event.get("peer") or event.get("to")
+        peer_id: Any = event.get("peer") or event.get("to")  # as the other node sent it
         forward = self._forward.get(peer_id)
         if forward is None:
             return False
@@ -493,16 +506,18 @@ class ClusterHub(Hub):
 
     # --- what other nodes tell this one
 
-    admin = None  # the node's Administration (domain/admin.py): operator requests from other nodes
+    # The node's Administration (domain/admin.py): operator requests from other nodes.
+    admin: Administration | None = None
 
-    def on_event(self, event: dict) -> bool | None:
+    def on_event(self, event: dict[str, Any]) -> bool | None:
         """Handle an event from another node; True when it was a relayed message
         delivered here (the adapter times it like a local relay)."""
-        op, room_id = event.get("op"), event.get("room")
+        op = event.get("op")
+        room_id: Any = event.get("room")  # as the other node sent it: looked up, not trusted
         if op in ("admin", "admin_reply"):
             if self.admin is not None:
                 self.admin.on_event(event)
-            return
+            return None
         if op in ("takeover", "handover", "marker", "takeover_failed"):
             if op == "takeover":
                 self._on_takeover(event)
@@ -514,7 +529,7 @@ class ClusterHub(Hub):
                     pending[0].fail(UnknownToken())
             elif not self._forwarded(event):
                 self._on_marker(event)
-            return
+            return None
         if op == "moved":
             remote = self._remote.get(room_id)
             self._events.emit("debug", "cluster.moved_seen", peer_id=event["peer"], to=event["node"],
@@ -524,22 +539,24 @@ class ClusterHub(Hub):
                 if event.get("via"):  # not when the old node is dead: nothing left on that route
                     self._tell(event["via"], {"op": "marker", "room": room_id, "peer": event["peer"],
                                               "node": self.store.node_id})
-            return
+            return None
         if op == "relay_failed":
-            self._undelivered(event.get("id"), event.get("code", "relay_failed"))
-            return
+            rid: Any = event.get("id")  # as the other node sent it
+            self._undelivered(rid, event.get("code", "relay_failed"))
+            return None
         if op == "relay" and self._late(event):
-            return
+            return None
         if room_id in self._joining and op in ("joined", "left"):
             self._joining[room_id].append(event)
-            return
+            return None
         room = self._rooms.get(room_id)
         if op == "relay" and (room is None or event.get("to") not in room) and self._forwarded(event):
-            return
+            return None
         if room is None:
-            return  # no local member (any more): nothing to tell anyone
+            return None  # no local member (any more): nothing to tell anyone
         if op == "relay":
-            target = room.get(event.get("to"))
+            to: Any = event.get("to")  # as the other node sent it
+            target = room.get(to)
             if target is not None:
                 self._deliver(target, event["msg"], event.get("node", ""))
                 self._settle()
@@ -548,15 +565,16 @@ class ClusterHub(Hub):
             peer, node = event["peer"], event["node"]
             remote = self._remote.setdefault(room_id, {})
             if peer in room:
-                return
+                return None
             if peer not in remote:
                 self._announce(room, {"type": "new_peer", "peer_id": peer})
             remote[peer] = node
         elif op == "left":
             if self._remote.get(room_id, {}).pop(event["peer"], None) is not None:
                 self._announce(room, {"type": "peer_left", "peer_id": event["peer"]})
+        return None
 
-    def _late(self, event: dict) -> bool:
+    def _late(self, event: dict[str, Any]) -> bool:
         """A relayed message older than the relay timeout (Redis stalled) is dropped,
         not delivered late, and its sender's node is told."""
         at = event.get("at")
@@ -591,11 +609,11 @@ class ClusterHub(Hub):
 
     # --- helpers
 
-    def _announce(self, room: dict, message: dict) -> None:
+    def _announce(self, room: dict[str, Member], message: dict[str, Any]) -> None:
         self._broadcast(list(room.values()), message)
         self._settle()
 
-    def _tell(self, node: str, event: dict) -> None:
+    def _tell(self, node: str, event: dict[str, Any]) -> None:
         try:
             self.store.publish(node, event)
         except ClusterUnavailable:
@@ -603,7 +621,7 @@ class ClusterHub(Hub):
                               error="Redis unreachable")
 
 
-def undelivered_error(kind: str, to: str, code: str) -> dict:
+def undelivered_error(kind: str, to: str, code: str) -> dict[str, Any]:
     """The error a sender gets for a message that did not reach its peer on another node."""
     return {"type": "error", "code": code, "message_type": kind, "to": to,
             "message": f"{kind} to {to} not delivered: {UNDELIVERED.get(code, code)}"}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
+
+from .ports import Events
 
 
 class TokenBucket:
@@ -149,7 +151,7 @@ class FailureGuard:
         self.throttle.configure(limit, window)
         self.log.per_minute = log_per_minute
 
-    def emit(self, events, level: str, event: str, **fields) -> None:
+    def emit(self, events: Events, level: str, event: str, **fields: Any) -> None:
         """Emit a failure line within the budget."""
         suppressed = self.log.take()
         if suppressed is not None:

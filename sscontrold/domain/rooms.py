@@ -8,12 +8,13 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Awaitable, Protocol
 
 import orjson
 
 from .compare import same_secret
 from .metrics import MemoryRecorder, Recorder
+from .ports import Clock, Timer
 
 CLOSE_REPLACED = 4000  # an old connection whose peer resumed on a new one
 
@@ -23,7 +24,7 @@ class Member(Protocol):
 
     peer_id: str
 
-    def send(self, message: dict) -> None: ...
+    def send(self, message: dict[str, Any]) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -62,14 +63,14 @@ class Held:
 
     def __init__(self, peer_id: str, limits: HoldLimits):
         self.peer_id = peer_id
-        self.messages: deque[dict] = deque()
+        self.messages: deque[dict[str, Any]] = deque()
         self._bytes = 0
         self._limits = limits
-        self.expiry: Any = None  # the grace timer
+        self.expiry: Timer | None = None  # the grace timer
         self.overflowed = False
         self.connection_open = False  # released, its connection still closing: frames may come
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         if self.overflowed:
             return
         self._bytes += len(orjson.dumps(message))
@@ -86,7 +87,7 @@ class Held:
 class Resumed:
     room_id: str
     others: list[str]
-    held: list[dict]
+    held: list[dict[str, Any]]
     token: str = ""  # the peer's next resume token (the one used is spent)
     held_lost: bool = False  # resumed after its node died: what that node held for it is gone
 
@@ -103,7 +104,7 @@ def bound_device(member: Any) -> str | None:
 class Hub:
     """Room membership and relay; a peer is in at most one room."""
 
-    def __init__(self, max_peers_per_room: int, clock=None, hold: HoldLimits | None = None,
+    def __init__(self, max_peers_per_room: int, clock: Clock | None = None, hold: HoldLimits | None = None,
                  recorder: Recorder | None = None):
         self.max_peers_per_room = max_peers_per_room
         self.recorder = recorder if recorder is not None else MemoryRecorder()
@@ -163,7 +164,7 @@ class Hub:
         self._peer_of[token] = peer_id
         return token
 
-    def _may_resume(self, peer_id: str, member: Member) -> bool:
+    def _may_resume(self, peer_id: str, member: object) -> bool:
         """Whether ``member`` may take the peer's place: its token must be bound to no
         device, or to the one ``member`` authenticated as; a held peer that lost
         messages (overflow) cannot come back."""
@@ -176,12 +177,12 @@ class Hub:
 
     # --- delivery: the only way the hub sends to members
 
-    def _send(self, member: Member, message: dict) -> None:
+    def _send(self, member: Member, message: dict[str, Any]) -> None:
         member.send(message)
         if isinstance(member, Held) and member.overflowed and member not in self._evictions:
             self._evictions.append(member)
 
-    def _broadcast(self, members: list[Member], message: dict) -> None:
+    def _broadcast(self, members: list[Member], message: dict[str, Any]) -> None:
         """Send to each of ``members`` (a snapshot: nothing changes the room meanwhile)."""
         self._walking += 1
         try:
@@ -206,11 +207,15 @@ class Hub:
         if self.room_of(held) is not None:  # still its place: not resumed nor gone meanwhile
             self._remove(held)
 
-    def join(self, member: Member, room_id: str) -> list[str]:
-        """Put ``member`` in ``room_id`` (leaving its old room); return the others' ids."""
+    def join(self, member: Member, room_id: str) -> list[str] | Awaitable[list[str]]:
+        """Put ``member`` in ``room_id`` (leaving its old room); return the others' ids
+        (a hub whose rooms are shared answers later: an awaitable of them)."""
+        return self._join_here(member, room_id)
+
+    def _join_here(self, member: Member, room_id: str) -> list[str]:
         current = self.room_of(member)
         room = self._rooms.get(room_id)
-        if current == room_id:
+        if current == room_id and room is not None:  # room is set: current is the member's room
             return [pid for pid in room if pid != member.peer_id]
         if room is not None and len(room) >= self.max_peers_per_room:
             raise RoomFull(room_id)
@@ -303,8 +308,9 @@ class Hub:
         held.expiry = None
         self.leave(held)
 
-    def resume(self, token: str, member: Member) -> Resumed:
-        """Give ``member`` the place of the peer the token names; sets member.peer_id."""
+    def resume(self, token: str, member: Member) -> Resumed | Awaitable[Resumed]:
+        """Give ``member`` the place of the peer the token names; sets member.peer_id
+        (a hub whose rooms are shared may answer later: an awaitable of it)."""
         peer_id = self._peer_of.get(token)
         if peer_id is None or peer_id not in self._room_of:
             self.recorder.resume("unknown_token")
@@ -323,7 +329,7 @@ class Hub:
     def _rotated(self, room_id: str, peer_id: str, old: str, new: str) -> None:
         """A peer's token was replaced: a hook for shared state."""
 
-    def _vacate(self, peer_id: str) -> tuple[str, list[dict]]:
+    def _vacate(self, peer_id: str) -> tuple[str, list[dict[str, Any]]]:
         """Free a peer's place for its next connection, quietly: the room hears nothing.
         Returns the room and the messages held for the peer."""
         room_id = self._room_of[peer_id]
@@ -347,7 +353,7 @@ class Hub:
             raise NotInRoom()
         return room_id
 
-    def relay(self, sender: Member, to: str, message: dict) -> None:
+    def relay(self, sender: Member, to: str, message: dict[str, Any]) -> None:
         """Deliver ``message`` to member ``to`` of the sender's room."""
         target = self._rooms[self.sender_room(sender)].get(to)
         if target is None:

@@ -38,7 +38,7 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, overload
 
 from .metrics import MemoryRecorder, Recorder
 
@@ -132,6 +132,16 @@ def _utf8_len(value: str) -> int:
     return len(value.encode("utf-8", "surrogatepass"))
 
 
+@overload
+def _string(body: Mapping[str, Any], key: str, max_bytes: int, required: Literal[True] = True,
+            allow_empty: bool = False, name: str | None = None) -> str: ...
+
+
+@overload
+def _string(body: Mapping[str, Any], key: str, max_bytes: int, required: bool,
+            allow_empty: bool = False, name: str | None = None) -> str | None: ...
+
+
 def _string(body: Mapping[str, Any], key: str, max_bytes: int, required: bool = True,
             allow_empty: bool = False, name: str | None = None) -> str | None:
     """``body[key]`` checked; ``name`` (default ``key``) is how errors call the field."""
@@ -181,7 +191,7 @@ class IceCandidate:
             raise BadRequest(f"{name}.sdpMLineIndex must be a whole number from 0 to 65535")
         return cls(candidate, mid, index)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"candidate": self.candidate}
         if self.sdp_mid is not None:
             out["sdpMid"] = self.sdp_mid
@@ -240,7 +250,7 @@ class Session:
     client_candidates: list[IceCandidate] = field(default_factory=list)
     attempts: int = 0
 
-    def view(self) -> dict:
+    def view(self) -> dict[str, Any]:
         """The GET answer: like the Rust server, optional fields are left out when unset
         (``client_candidates`` also when empty); ``pin_hash`` is never shown."""
         out: dict[str, Any] = {"offer": self.offer, "candidates": [c.to_json() for c in self.candidates]}
@@ -254,7 +264,7 @@ class Session:
             out["client_candidates"] = [c.to_json() for c in self.client_candidates]
         return out
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Everything, as JSON-able values (for a store that keeps sessions elsewhere)."""
         return {"session_id": self.session_id, "offer": self.offer,
                 "candidates": [c.to_json() for c in self.candidates], "expires_at": self.expires_at,
@@ -265,7 +275,7 @@ class Session:
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> "Session":
         """The inverse of ``to_dict`` (trusted input: no validation)."""
-        def candidates(items):
+        def candidates(items: Iterable[Mapping[str, Any]]) -> list[IceCandidate]:
             return [IceCandidate(c["candidate"], c.get("sdpMid"), c.get("sdpMLineIndex")) for c in items]
         return cls(value["session_id"], value["offer"], candidates(value["candidates"]), value["expires_at"],
                    value.get("public_key"), value.get("pin_hash"), value.get("owner"),
@@ -385,7 +395,7 @@ class SessionStore:
         self._publish()
         return session
 
-    def get(self, session_id: str, address: str | None = None) -> dict:
+    def get(self, session_id: str, address: str | None = None) -> dict[str, Any]:
         """The session's public view. A GET while the session is waiting for its answer,
         from another address than its creator's, counts as an attempt."""
         session = self._live(session_id)
@@ -451,11 +461,12 @@ class SessionStore:
 
     def _drop(self, session_id: str, why: str | None, now: float | None = None) -> None:
         session = self._sessions.pop(session_id)
-        owned = self._owned.get(session.owner) if session.owner is not None else None
-        if owned is not None:
-            owned.discard(session_id)
-            if not owned:
-                del self._owned[session.owner]
+        if session.owner is not None:
+            owned = self._owned.get(session.owner)
+            if owned is not None:
+                owned.discard(session_id)
+                if not owned:
+                    del self._owned[session.owner]
         if why is not None:
             now = self.clock() if now is None else now
             self._tombstones.pop(session_id, None)
