@@ -70,6 +70,8 @@ test: unit-test no-shortcuts-test
 lint: $(STAMP)
 	$(BIN)/ruff check sscontrold tests bench twisted
 	$(BIN)/bandit -q -r sscontrold
+	$(BIN)/mypy
+	$(BIN)/mypy --strict sscontrold/domain
 unit-test: lint
 
 clean:
