@@ -30,7 +30,10 @@ with like), each phase on a fresh server:
               delivered messages.
 Targets (sscontrold's own medians with N = every core; the same with N=1 are printed in
 parentheses, for comparison): at 80 %, p99.9 <= 100 ms and max <= 1 s from the scheduled time
-(what a client that meant to send then sees), nothing undelivered; at 120 %, max <= 1 s from
+(what a client that meant to send then sees), nothing undelivered, and at most 1 % of the
+sends not made (the 80 % load was carried: else the latency is that of a part of it; S is a
+closed-loop figure, and an open loop of single messages can cost the server more); at 120 %,
+max <= 1 s from
 the send for the delivered messages and nothing undelivered: overload is shed (not_sent, the
 server's backpressure), not queued for seconds. Scaling is reported, without a threshold.
 The server CPU of sscontrold covers every worker and Redis. With --short (C=200) each pair
@@ -95,7 +98,9 @@ CORES_PHASES = {"sat": None, "at80": 0.8, "at120": 1.2}  # phase: rate as a frac
 for _n, _info in ((1, ("info",)), (ALL_CORES, ())):
     TARGETS[("cores", "at80", _n)] = [("sched_p999_us", "<=", 100000, "value", *_info),
                                       ("sched_max_us", "<=", 1000000, "value", *_info),
-                                      ("undelivered", "<=", 0, "value", *_info)]
+                                      ("undelivered", "<=", 0, "value", *_info),
+                                      # the load was carried: else the latency is of a part of it
+                                      ("not_sent_pct", "<=", 1.0, "value", *_info)]
     TARGETS[("cores", "at120", _n)] = [("max_us", "<=", 1000000, "value", *_info),
                                        ("undelivered", "<=", 0, "value", *_info)]
 
