@@ -178,11 +178,13 @@ unit-test: packaging-deps
 
 # --- bench (begin)
 # make bench        -> bench/run.py: sscontrold and the reference Node.js `ws` relay side by
-#                      side (relay, churn plain/TLS full and resumed, idle, reconnect storm),
-#                      alternating rounds, server pinned to
-#                      core 0 and the generator to core 1; prints the figures and the ratios,
-#                      keeps the JSON lines and SVG charts in build/bench/. ~10 minutes.
-#                      Quick look: make bench BENCH_SECONDS=2 BENCH_SHORT=1 BENCH_ROUNDS=1
+#                      side (relay, churn plain/TLS full and resumed, idle, reconnect storm:
+#                      server pinned to core 0, the generator to core 1; and `cores`: every
+#                      core, N processes on one port + Redis, unpinned, saturation and open
+#                      loop at 80 %/120 % of it), alternating rounds; prints the figures, the
+#                      ratios and every target MET/NOT MET, keeps the JSON lines and SVG charts
+#                      in build/bench/. ~15 minutes (BENCH_ROUNDS=3: ~20).
+#                      Quick look: make bench BENCH_SECONDS=2 BENCH_SHORT=1 BENCH_ROUNDS=1 (~3 min)
 # make bench-smoke  -> seconds: the generator against sscontrold, figures sanity-checked
 #                      (bench/smoke.sh; needs node, no npm install). Not part of `make test`.
 BENCH_NPM := bench/reference/node_modules/.package-lock.json bench/loadgen/node_modules/.package-lock.json
@@ -199,14 +201,16 @@ bench/%/node_modules/.package-lock.json: bench/%/package.json bench/%/package-lo
 	cd bench/$* && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-bench: $(STAMP) bench-deps $(BENCH_NPM)
+bench: $(STAMP) bench-deps system-deps $(BENCH_NPM)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# make bench-workers -> relay with every core: one sscontrold per core on one port
-#                      (reuse_port) sharing rooms through a local redis-server, against
-#                      the reference; nothing pinned. ~1 minute.
+# make bench-workers -> only the `cores` family of make bench (bench/run.py --only cores):
+#                      sscontrold with 1 and with one process per core on one port
+#                      (reuse_port) sharing rooms through a local redis-server, against the
+#                      reference; saturation, then open loop at 80 % and 120 % of it, with
+#                      its targets; nothing pinned. ~6 minutes (2 rounds).
 bench-workers: $(STAMP) bench-deps system-deps $(BENCH_NPM)
-	$(BIN)/python bench/workers.py $(BENCH_ARGS)
+	$(BIN)/python bench/run.py --only cores $(BENCH_ARGS)
 
 bench-smoke: $(STAMP) bench-deps
 	bench/smoke.sh

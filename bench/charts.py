@@ -121,7 +121,7 @@ def write(rows: list[dict], metrics_by_kind: dict, out_dir: Path, rel_to: Path |
     (out_dir / "targets.svg").write_text(targets_svg(rows))
     for row in rows:
         name = slug(row["summary"]) + ".svg"
-        (out_dir / name).write_text(workload_svg(row, metrics_by_kind[row["key"][0]]))
+        (out_dir / name).write_text(workload_svg(row, metrics_by_kind[row.get("kind", row["key"][0])]))
         lines += [f"![{row['summary']}]({name})", ""]
     page = out_dir / "README.md"
     page.write_text("\n".join(lines))

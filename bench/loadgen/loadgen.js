@@ -4,6 +4,8 @@
 // Prints one JSON line per workload on stdout; progress goes to stderr.
 //
 //   node loadgen.js --url ws://127.0.0.1:8443/ws --workload relay --conns 200 --window 1
+//   node loadgen.js --url ws://127.0.0.1:8443/ws --workload relay --conns 2000 --window 16 --rate 80000
+//     (open loop: 80,000 msgs/s offered over all pairs on a schedule, whatever the server does)
 //   node loadgen.js --url wss://127.0.0.1:8443/ws --workload churn --concurrency 16
 //   node loadgen.js --url ws://127.0.0.1:8443/ws --workload idle --idle 10000,19000 --server-pid PID
 //   node loadgen.js --url wss://127.0.0.1:8443/ws --workload churn --resume 1   # resumed TLS handshakes
@@ -29,7 +31,9 @@ function parseArgs(argv) {
     concurrency: 16,
     idle: '10000',
     settle: 2,
-    serverPid: 0,
+    serverPid: '0', // a pid, or several comma-separated (CPU and RSS are their sums)
+    rate: 0, // relay: msgs/s offered over all pairs, open loop; 0 = closed loop
+    drain: 3, // open-loop relay: seconds to wait after the measurement for messages in flight
     srcAddrs: '127.0.0.1',
     client: 'raw',
     setupConcurrency: 128,
@@ -47,6 +51,7 @@ function parseArgs(argv) {
     const v = argv[++i];
     if (v === undefined) throw new Error(`${k} needs a value`);
     a[name] = typeof a[name] === 'number' ? Number(v) : v;
+    if (name === 'serverPid' && !/^[0-9]+(,[0-9]+)*$/.test(v)) throw new Error(`${k}: not a pid list: ${v}`);
     if (Number.isNaN(a[name])) throw new Error(`${k}: not a number: ${v}`);
   }
   a.srcAddrs = a.srcAddrs.split(',').filter(Boolean);
@@ -210,6 +215,7 @@ async function relay() {
   const all = await pooled(pairs, args.setupConcurrency, (i) => openPair(`relay-${runId}-${i}`));
   const setupS = (Date.now() - t0) / 1000;
   log(`relay: ${pairs * 2} connections in rooms of two, set up in ${setupS.toFixed(1)} s`);
+  if (args.rate > 0) return relayOpen(all, setupS);
 
   const hist = new Histogram();
   let recording = false;
@@ -277,6 +283,169 @@ async function relay() {
     msgs: received,
     msgs_per_s: Math.round(received / cpu.wall_s),
     ...hist.summary(),
+    errors,
+    closed_early: closedEarly,
+    setup_s: setupS,
+    ...cpu,
+    gen_elu: Math.round(elu.utilization * 1000) / 1000,
+    server_rss_kib: rss,
+  };
+}
+
+// Open-loop relay (--rate R): every connection of every pair sends on its own schedule, R / C
+// msgs/s each (C = connections), whatever the server does; nothing answers a received message.
+// Send k of the run is due at start + (k + jitter of its sender) / R: the senders take turns
+// (each pair's two ends half a period apart), each at a phase jittered within its slot.
+// Due sends go out on a ~1 ms timer tick. A pair with --window messages in flight when a send
+// falls due does not make it: `not_sent` (the generator never queues; a server that cannot
+// keep up holds the messages in flight, its TCP backpressure, and the rest are shed here).
+// Each message carries its actual send time and its scheduled time: latency from the send
+// (what the server adds) and from the schedule (what a client that meant to send then sees,
+// coordinated omission included), and the generator's own lag (send - schedule).
+function openTemplate(to) {
+  const text = JSON.stringify({
+    type: 'ice', from: '', to, candidate: `${CANDIDATE} #t=000000000000 s000000000000`, sdp_mid: '0',
+    sdp_mline_index: 0,
+  });
+  const buf = Buffer.from(text);
+  const tsOff = buf.indexOf(MARK) + MARK.length;
+  return { buf, tsOff, schedOff: tsOff + 14 };
+}
+
+async function relayOpen(all, setupS) {
+  const hist = new Histogram(); // from the send
+  const schedHist = new Histogram(); // from the scheduled time
+  const lagHist = new Histogram(); // send - scheduled, of the messages received
+  const conns = [];
+  for (const [a, b] of all) {
+    const pair = { inflight: 0 };
+    a.pair = pair;
+    b.pair = pair;
+  }
+  // every pair's first ends, then its second ends: a pair's two sends are half a period apart
+  for (const [a] of all) conns.push(a);
+  for (const [, b] of all) conns.push(b);
+  let recording = false; // latency and delivered count
+  let draining = false; // latency only: messages in flight when the measurement ended
+  let running = true;
+  let received = 0;
+  let errors = 0;
+  let closedEarly = 0;
+  let sampleSize = 0;
+  for (const c of conns) {
+    c.tpl = openTemplate(c.partner);
+    sampleSize = c.tpl.buf.length;
+    c.onclose = () => {
+      if (running) closedEarly++;
+    };
+    c.onmessage = (payload, conn) => {
+      const at = payload.indexOf(MARK);
+      if (at < 0) {
+        const text = payload.toString();
+        if (text.includes('"error"')) {
+          errors++;
+          if (errors <= 3) log(`server error during relay: ${text.slice(0, 200)}`);
+        }
+        return;
+      }
+      conn.pair.inflight--;
+      if (recording || draining) {
+        const now = nowUs();
+        const sentAt = readDigits(payload, at + MARK.length);
+        const dueAt = readDigits(payload, at + MARK.length + 14);
+        hist.record(now - sentAt);
+        schedHist.record(now - dueAt);
+        lagHist.record(sentAt - dueAt);
+        if (recording) received++;
+      }
+    };
+  }
+
+  const n = conns.length;
+  const slotUs = 1e6 / args.rate;
+  const jitter = Float64Array.from({ length: n }, () => Math.random());
+  const startUs = nowUs() + 1000;
+  let measureFrom = Infinity;
+  let measureTo = Infinity;
+  let offered = 0; // sends due within the measurement
+  let notSent = 0; // of those, not made: the pair's window was full
+  let k = 0;
+  const MAX_PER_TICK = 20000; // then yield to I/O and come back at once
+  const tick = () => {
+    if (!running) return;
+    const now = nowUs();
+    let made = 0;
+    for (; made < MAX_PER_TICK; made++) {
+      const i = k % n;
+      const due = Math.round(startUs + (k + jitter[i]) * slotUs);
+      if (due > now) break;
+      k++;
+      const measured = due >= measureFrom && due < measureTo;
+      if (measured) offered++;
+      const c = conns[i];
+      if (c.pair.inflight >= args.window || !c.open) {
+        if (measured) notSent++;
+        continue;
+      }
+      writeDigits(c.tpl.buf, c.tpl.schedOff, due);
+      writeDigits(c.tpl.buf, c.tpl.tsOff, nowUs());
+      c.send(c.tpl.buf);
+      c.pair.inflight++;
+    }
+    if (made >= MAX_PER_TICK) {
+      setImmediate(tick);
+    } else {
+      const nextMs = (startUs + (k + jitter[k % n]) * slotUs - nowUs()) / 1000;
+      setTimeout(tick, Math.max(1, Math.floor(nextMs)));
+    }
+  };
+  tick();
+  await sleep(args.warmup * 1000);
+  const meter = new CpuMeter(args.serverPid);
+  const elu0 = performance.eventLoopUtilization();
+  meter.start();
+  measureFrom = nowUs();
+  recording = true;
+  await sleep(args.seconds * 1000);
+  measureTo = nowUs();
+  recording = false;
+  draining = true;
+  const cpu = meter.stop();
+  const elu = performance.eventLoopUtilization(elu0);
+  running = false; // no more sends (the next tick stops); what is in flight may still arrive
+  const inFlight = () => all.reduce((sum, [a]) => sum + a.pair.inflight, 0);
+  const inFlightEnd = inFlight();
+  const drainUntil = Date.now() + args.drain * 1000;
+  while (inFlight() > 0 && Date.now() < drainUntil) await sleep(20);
+  draining = false;
+  const undelivered = inFlight();
+  const rss = rssKiB(args.serverPid);
+  await Promise.all(conns.map((c) => c.close(2000)));
+  const s = schedHist.summary();
+  const lag = lagHist.summary();
+  return {
+    workload: 'relay',
+    mode: 'open',
+    conns: n,
+    window: args.window,
+    rate: args.rate,
+    seconds: cpu.wall_s,
+    message_bytes: sampleSize,
+    offered: offered,
+    offered_per_s: Math.round(offered / cpu.wall_s),
+    not_sent: notSent,
+    not_sent_pct: offered ? Math.round((1000 * notSent) / offered) / 10 : null,
+    msgs: received,
+    msgs_per_s: Math.round(received / cpu.wall_s),
+    ...hist.summary(),
+    sched_p50_us: s.p50_us,
+    sched_p99_us: s.p99_us,
+    sched_p999_us: s.p999_us,
+    sched_max_us: s.max_us,
+    lag_p999_us: lag.p999_us,
+    lag_max_us: lag.max_us,
+    in_flight_end: inFlightEnd,
+    undelivered,
     errors,
     closed_early: closedEarly,
     setup_s: setupS,
@@ -598,7 +767,7 @@ async function main() {
 setTimeout(() => {
   log('hard time limit reached, exiting');
   process.exit(3);
-}, (args.warmup + args.seconds + 120) * 1000).unref();
+}, (args.warmup + args.seconds + args.drain + 120) * 1000).unref();
 
 main().then(() => process.exit(0), (err) => {
   log(`failed: ${err.stack || err}`);

@@ -57,9 +57,19 @@ class Histogram {
 
 const CLK_TCK = 100; // USER_HZ, 100 on every Linux ABI in use
 
-// utime + stime of a process (all its threads), in seconds; null if unreadable.
+// The pids of a --server-pid value: a number or comma-separated numbers (0: none).
+const pidList = (pid) => String(pid || '').split(',').map(Number).filter(Boolean);
+
+// utime + stime of a process (all its threads), or the sum over several, in seconds; null if
+// unreadable.
 function cpuSeconds(pid) {
-  if (!pid) return null;
+  const pids = pidList(pid);
+  if (!pids.length) return null;
+  if (pids.length > 1) {
+    const each = pids.map(cpuSeconds);
+    return each.includes(null) ? null : each.reduce((x, y) => x + y, 0);
+  }
+  pid = pids[0];
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -88,9 +98,15 @@ function machineTimes() {
   }
 }
 
-// VmRSS of a process in KiB; null if unreadable.
+// VmRSS of a process (or the sum over several) in KiB; null if unreadable.
 function rssKiB(pid) {
-  if (!pid) return null;
+  const pids = pidList(pid);
+  if (!pids.length) return null;
+  if (pids.length > 1) {
+    const each = pids.map(rssKiB);
+    return each.includes(null) ? null : each.reduce((x, y) => x + y, 0);
+  }
+  pid = pids[0];
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
     return m ? Number(m[1]) : null;
