@@ -20,8 +20,12 @@ Per round, for each configuration in turn (the order alternates by round): the r
 Node.js process), sscontrold N=1 and sscontrold N=os.cpu_count() processes on one port
 (reuse_port), both with a redis-server of their own (N=1 too, so the scaling compares like
 with like), each phase on a fresh server:
-  saturation  closed-loop relay, C=2000 W=16 (C=200 with --short): msgs/s S; S/N (per
+  saturation  closed-loop relay, C=2000 W=1 (C=200 with --short): msgs/s S; S/N (per
               process, i.e. per core) and, for sscontrold, scaling = S(N)/S(1) of the round.
+              One message in flight per pair, as the open loop below sends them: single
+              messages spread in time, one per read (W=16 would batch 16 per read, which
+              costs a server less per message: 80 % of that is more than single messages
+              can carry).
   at 80%      open loop (loadgen --rate) at 0.8 x S of that same configuration and round:
               latency from the scheduled send time (coordinated omission included) and from
               the actual send, the generator's own lag, not_sent (a pair already had W in
@@ -31,10 +35,8 @@ with like), each phase on a fresh server:
 Targets (sscontrold's own medians with N = every core; the same with N=1 are printed in
 parentheses, for comparison): at 80 %, p99.9 <= 100 ms and max <= 1 s from the scheduled time
 (what a client that meant to send then sees), nothing undelivered, and at most 1 % of the
-sends not made (the 80 % load was carried: else the latency is that of a part of it; S is a
-closed-loop figure, and an open loop of single messages can cost the server more); at 120 %,
-max <= 1 s from
-the send for the delivered messages and nothing undelivered: overload is shed (not_sent, the
+sends not made (the 80 % load was carried: else the latency is that of a part of it); at
+120 %, max <= 1 s from the send for the delivered messages and nothing undelivered: overload is shed (not_sent, the
 server's backpressure), not queued for seconds. Scaling is reported, without a threshold.
 The server CPU of sscontrold covers every worker and Redis. With --short (C=200) each pair
 carries ten times the rate, so its window of 16 fills, and sends are shed, at a tenth of the
@@ -473,6 +475,7 @@ def plan(short: bool, seconds: float, idle_max: int, tls_keys=(None, "ec", "rsa"
              "args": ["--workload", "churn", "--concurrency", "64", "--warmup", "1", "--seconds", str(churn_s),
                       "--src-addrs", SRC_ADDRS, "--resume", "1"]} for tls in tls_keys if tls]
     out += [{"key": ("cores",), "tls": None, "cores": True, "conns": 200 if short else 2000, "window": 16,
+             "sat_window": 1,
              "warmup": 1 if short else 2, "seconds": seconds, "processes": sorted({1, ALL_CORES})}]
     n = storm_conns or (1000 if short else min(10000, idle_max))
     out += [{"key": ("storm", how), "tls": None, "timeout": 240, "storm": how,
@@ -681,8 +684,9 @@ def run_cores(w: dict, rnd: int, servers: list[str], work: Path, api_key: str, a
                for n in ((1,) if kind == "reference" else w["processes"])]
     if rnd % 2:
         configs.reverse()
-    base = ["--workload", "relay", "--conns", str(w["conns"]), "--window", str(w["window"]),
-            "--warmup", str(w["warmup"]), "--seconds", str(w["seconds"])]
+    def relay(window: int) -> list[str]:
+        return ["--workload", "relay", "--conns", str(w["conns"]), "--window", str(window),
+                "--warmup", str(w["warmup"]), "--seconds", str(w["seconds"])]
     timeout = 90 + w["warmup"] + w["seconds"]
     recs_round = []
     for kind, n in configs:
@@ -692,7 +696,10 @@ def run_cores(w: dict, rnd: int, servers: list[str], work: Path, api_key: str, a
             if factor is not None and not saturation:
                 log(f"{name}: skipped, no saturation figure")
                 continue
-            gen_args = base + (["--rate", str(round(factor * saturation))] if factor else [])
+            # saturation: closed loop, one message in flight per pair; the open loop may hold
+            # up to w["window"] per pair before it counts a send as not made
+            gen_args = (relay(w["window"]) + ["--rate", str(round(factor * saturation))] if factor
+                        else relay(w["sat_window"]))
             for attempt in range(1 + args.retries):
                 # a full wait before each server's first phase; the next follow at once
                 busy = wait_quiet(args.quiet_wait if factor is None else min(3.0, args.quiet_wait))
