@@ -126,12 +126,17 @@ def raise_fd_limit(want: int) -> tuple[int, str]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0], note
 
 
+def connection_ceiling() -> int:
+    """The most connections sscontrold accepts here: its open-file limit (the hard one)
+    less what the daemon keeps for itself."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1000000 if hard == resource.RLIM_INFINITY else max(1, hard - 1000 - 64)
+
+
 def unlimited_connections() -> list[str]:
     """Connection flags that let every client in: the daemon refuses limits past
     its open-file limit (raised to the hard one), so the largest that fits."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    total = 1000000 if hard == resource.RLIM_INFINITY else max(1, hard - 1000 - 64)
-    return ["--max-connections", str(total), "--max-connections-per-ip", "1000000",
+    return ["--max-connections", str(connection_ceiling()), "--max-connections-per-ip", "1000000",
             "--max-http-connections", "1000", "--max-http-connections-per-ip", "1000",
             "--max-queued-bytes", str(1 << 30)]
 
@@ -524,7 +529,7 @@ def label(key: tuple) -> str:
         return f"churn {'TLS ' + key[2].upper() if key[1] else 'plain'}{' resumed' if key[3:] else ''}"
     if key[0] == "storm":
         return f"storm {'restart' if key[1] == 'term' else 'kill'}"
-    return f"idle N={key[1]}"
+    return f"idle N={key[1]}" if len(key) > 1 else "idle"
 
 
 def kind_of(key) -> str:
@@ -873,7 +878,9 @@ def main() -> int:
     fd_limit, fd_note = raise_fd_limit(65536)
     if fd_note:
         log(fd_note)
-    idle_max = max(1000, min(30000, fd_limit - 1000))
+    # the idle workload's largest N: within the generator's open files and below the
+    # daemon's connection ceiling (its warm-up pairs are closed by then; 100 to spare)
+    idle_max = max(1000, min(30000, fd_limit - 1000, connection_ceiling() - 100))
     info = machine_info()
     info.update({"fd_limit": fd_limit, "server_cpu": server_cpu, "gen_cpu": gen_cpu, "rounds": args.rounds,
                  "relay_seconds": args.seconds, "short": args.short,
