@@ -51,7 +51,7 @@ def group_of(filename: str, name: str) -> str:
     if filename == "~":  # a C function: name it by what it does
         if name == "<method 'poll' of 'select.epoll' objects>":
             return IDLE
-        if name.startswith("<method") and "_ssl" in name or "OpenSSL" in name or "_cffi" in name:
+        if any(word in name.lower() for word in ("openssl", "_ssl", "_cffi")):  # SSL_do_handshake...
             return GROUPS[0][0]
         if any(f"'{word}" in name or f" {word}" in name for word in SYSCALLS):
             return "system calls (socket, epoll)"
