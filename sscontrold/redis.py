@@ -78,6 +78,14 @@ def reconnect_delay(attempt: int) -> float:
     return min(RECONNECT_CAP, 0.05 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)  # nosec B311  # jitter, no secret
 
 
+def hiredis_parser() -> bool:
+    """Whether txredisapi parses replies with hiredis. Its pure-Python parser hands the
+    rest of a read to the next reactor turn after each bulk string (3 per pub/sub
+    message), copying that rest each time: under load a node's subscription then falls
+    seconds behind, and what it carries is dropped as late (relay_timeout)."""
+    return txredisapi.RedisProtocol is getattr(txredisapi, "HiredisProtocol", None)
+
+
 def describe_failure(failure, timeout: float) -> str:
     """What went wrong, in words an operator can act on (a timeout's own message is
     only "(2.0, 'Deferred')")."""
@@ -251,6 +259,10 @@ class RedisLink(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        if not hiredis_parser():
+            events.emit("warn", "redis.slow_parser", action="install hiredis (requirements.txt pins it)",
+                        why="without it txredisapi reads one bulk string per reactor turn: under load, "
+                            "messages to peers on other nodes arrive late and are reported undelivered")
         self._watch.start(1.0, now=True)
 
     @inlineCallbacks

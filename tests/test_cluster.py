@@ -202,3 +202,55 @@ def test_cross_node_relays_batched_per_read_and_timed_on_the_receiver(cluster):
     assert all(m["from"] == a_id for m in got)
     assert _publishes(redis) - before >= 40  # one each: a node of an earlier version reads them
     assert value(scrape(n2), "sscontrol_relay_latency_seconds_count") - timed == 40
+
+
+def test_a_burst_of_relays_across_nodes_is_delivered_in_time_without_errors(daemon_factory, redis_server):
+    """Many messages in flight at once to peers on another node: the receiving node
+    reads the burst from its subscription in big reads and hands each message on at
+    once (a parser that handled one bulk string per reactor turn, copying the rest of
+    the read each time, held them past the relay timeout: dropped as late, and each
+    sender told relay_failed)."""
+    from wsclient import RawPeer
+
+    redis = redis_server()
+    nodes = [daemon_factory("--redis-timeout", "1", "--resume-grace", "0", "--rate-limit-per-second", "1000000",
+                            "--rate-limit-burst", "1000000", env={"SSCONTROL_REDIS_URL": redis.url})
+             for _ in range(2)]
+    for d in nodes:
+        wait_ready(d, 200)
+    pairs, count = 6, 2000
+    senders, receivers = [], []
+    for i in range(pairs):
+        a, b = RawPeer("127.0.0.1", nodes[0].port), RawPeer("127.0.0.1", nodes[1].port)
+        a.send_json({"type": "join", "room_id": f"burst-{i}"})
+        a.recv_json()
+        b.send_json({"type": "join", "room_id": f"burst-{i}"})
+        b_id = b.recv_json()["peer_id"]
+        assert a.recv_json() == {"type": "new_peer", "peer_id": b_id}
+        senders.append((a, b_id))
+        receivers.append(b)
+    for a, b_id in senders:  # all in flight at once: one TCP write per sender
+        a.send_raw(b"".join(RawPeer.frame(0x1, json.dumps(
+            {"type": "ice", "to": b_id, "candidate": f"c{n}", "sdp_mid": "0", "sdp_mline_index": 0}).encode())
+            for n in range(count)))
+    for b in receivers:
+        got = [b.recv_json(timeout=30)["candidate"] for _ in range(count)]
+        assert got == [f"c{n}" for n in range(count)]  # every one, in order
+    for a, _ in senders:  # and no sender heard of a message not delivered
+        with pytest.raises(TimeoutError):
+            a.recv_json(timeout=0.2)
+    for d in nodes:
+        assert "cluster.relay_late" not in d.log() and "cluster.relay_undelivered" not in d.log()
+        assert "redis.slow_parser" not in d.log()
+
+
+def test_redis_replies_are_parsed_by_hiredis():
+    """The link and the subscription read replies with hiredis (C), which hands on every
+    reply of a read at once; txredisapi's own parser takes a reactor turn per bulk string."""
+    import txredisapi
+
+    from sscontrold.redis import _LinkProtocol, _Subscriber, hiredis_parser
+
+    assert hiredis_parser()
+    assert issubclass(_LinkProtocol, txredisapi.HiredisProtocol)
+    assert issubclass(_Subscriber, txredisapi.HiredisProtocol)
