@@ -213,7 +213,8 @@ def test_a_burst_of_relays_across_nodes_is_delivered_in_time_without_errors(daem
     from wsclient import RawPeer
 
     redis = redis_server()
-    nodes = [daemon_factory("--redis-timeout", "1", "--resume-grace", "0", "--rate-limit-per-second", "1000000",
+    # redis_timeout 3 s: a machine busy with other tests can miss a 1 s deadline on its own
+    nodes = [daemon_factory("--redis-timeout", "3", "--resume-grace", "0", "--rate-limit-per-second", "1000000",
                             "--rate-limit-burst", "1000000", env={"SSCONTROL_REDIS_URL": redis.url})
              for _ in range(2)]
     for d in nodes:
