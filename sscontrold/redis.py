@@ -471,9 +471,12 @@ class _LinkProtocol(txredisapi.RedisProtocol):
         # load the commands queue up here, behind Twisted's 128 KiB per write.
         twisted_tcp.widen(self.transport, send_limit=1 << 22, read_size=1 << 20)
         result = txredisapi.RedisProtocol.connectionMade(self)
-        self.whenConnected().addCallback(lambda _: self.factory.setup_succeeded())
-        self.whenConnected().addCallback(lambda _: self.factory.link.connection_made())
+        self.whenConnected().addCallback(lambda _: self._set_up())
         return result
+
+    def _set_up(self) -> None:
+        self.factory.setup_succeeded()
+        self.factory.link.connection_made()
 
     def connectionLost(self, why):
         txredisapi.RedisProtocol.connectionLost(self, why)
