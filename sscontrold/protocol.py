@@ -275,7 +275,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     def write_frames(self, data: bytes) -> None:
         """Write to the peer, within its outgoing budget: what it has not read stays
         queued here, so a peer that does not read is closed rather than let grow."""
-        twisted_tcp.write_now(self.transport, data)
+        if twisted_tcp.write_now(self.transport, data):
+            return  # all of it is in the kernel: nothing queued here
         sock = self._socket
         if sock is not None:
             queued = twisted_tcp.queued(sock)

@@ -201,14 +201,16 @@ class Client:
         message. Returns whether to answer it (a ping over the rate gets no pong)."""
         if self._closing:
             return False
-        allowed = self._rate_ok()
-        self._messages[kind if allowed else "rate_limited"] += 1
-        return allowed
-
-    def _rate_ok(self) -> bool:
         verdict = self._bucket.take()
-        if verdict == "ok":
-            return True
+        if verdict != "ok":
+            self._rate_refused(verdict)
+            self._messages["rate_limited"] += 1
+            return False
+        self._messages[kind] += 1
+        return True
+
+    def _rate_refused(self, verdict: str) -> None:
+        """A message over the rate: warn, and answer with an error or close."""
         self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, action=verdict)
         if verdict == "close":
@@ -216,13 +218,14 @@ class Client:
             self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         else:
             self.send_error("rate limit exceeded: slow down", "rate_limited")
-        return False
 
     def _dispatch(self, payload: bytes, is_binary: bool) -> Outcome:
         # Each message is counted once by its type label (handler names and a few
         # labels: a bounded set), inline: this is the relay path.
         messages = self._messages
-        if not self._rate_ok():
+        verdict = self._bucket.take()
+        if verdict != "ok":
+            self._rate_refused(verdict)
             messages["rate_limited"] += 1
             return REFUSED
         if is_binary:

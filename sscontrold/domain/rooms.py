@@ -179,8 +179,12 @@ class Hub:
 
     def _send(self, member: Member, message: dict[str, Any]) -> None:
         member.send(message)
-        if isinstance(member, Held) and member.overflowed and member not in self._evictions:
-            self._evictions.append(member)
+        if isinstance(member, Held):
+            self._held_sent(member)
+
+    def _held_sent(self, held: Held) -> None:
+        if held.overflowed and held not in self._evictions:
+            self._evictions.append(held)
 
     def _broadcast(self, members: list[Member], message: dict[str, Any]) -> None:
         """Send to each of ``members`` (a snapshot: nothing changes the room meanwhile)."""
@@ -358,5 +362,8 @@ class Hub:
         target = self._rooms[self.sender_room(sender)].get(to)
         if target is None:
             raise UnknownPeer(to)
-        self._send(target, message)
-        self._settle()
+        # _send and _settle inline: this is the relay path, and only a held peer can overflow
+        target.send(message)
+        if isinstance(target, Held):
+            self._held_sent(target)
+            self._settle()

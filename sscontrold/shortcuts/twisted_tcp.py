@@ -38,16 +38,18 @@ def use(shortcuts: bool, guards: bool) -> None:
     SHORTCUTS, GUARDS = shortcuts, guards
 
 
-def write_now(transport, data: bytes) -> None:
-    """Write ``data`` to ``transport``, to the socket at once where it can."""
+def write_now(transport, data: bytes) -> bool:
+    """Write ``data`` to ``transport``, to the socket at once where it can. True when
+    the socket took all of it (nothing queued: the caller need not measure)."""
     if (SHORTCUTS and type(transport) is tcp.Server and transport.connected and not transport.disconnecting
             and not transport.dataBuffer and not transport._tempDataLen):
         sent = transport.writeSomeData(data)
         if isinstance(sent, int):  # otherwise the connection is lost: the usual path finds out
             if sent == len(data):
-                return
+                return True
             data = data[sent:]
     transport.write(data)
+    return False
 
 
 def queued(sock) -> int:
