@@ -61,6 +61,8 @@ class OriginGate(Resource):
         if self._policy is None or self._policy[0] is not settings:
             self._policy = (settings, OriginPolicy(settings.allowed_origins, settings.require_origin))
         policy = self._policy[1]
+        if policy.admits_all:
+            return None
         upgrade = b"websocket" in (request.getHeader(b"upgrade") or b"").lower()
         if path in (b"", b"ws") and not upgrade:
             return None  # the banner

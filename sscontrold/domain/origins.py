@@ -90,6 +90,7 @@ class OriginPolicy:
         self.null = "null" in allowed
         self.patterns = [p for p in map(parse_pattern, allowed) if isinstance(p, Pattern)]
         self.require_origin = require_origin
+        self.admits_all = self.any and not require_origin  # the default: nothing to read per request
 
     def allows(self, origin: str | None, host: str | None = None) -> bool:
         """Whether a request with this Origin header (None: none) to this Host may go on."""
