@@ -216,11 +216,27 @@ def pinned(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
 
 
-def sscontrold_cmd(work: Path, port: int, log_level: str) -> list[str]:
-    """sscontrold with an empty config file and every limit that could interfere lifted."""
+def known_flags_only(cmd: list[str], daemon: list[str]) -> list[str]:
+    """``cmd`` less the plugin's ``--flag value`` pairs that ``daemon`` (another build's
+    twistd, as bench/ab.py runs) does not list in its --help: an older build lacks
+    the limits added since, and is measured without them."""
+    help_text = subprocess.run(daemon + ["sscontrol-signaling", "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    at = cmd.index("sscontrol-signaling") + 1
+    out = cmd[:at]
+    for i in range(at, len(cmd), 2):
+        assert cmd[i].startswith("--"), cmd[i]
+        if f"{cmd[i]}=" in help_text:
+            out += cmd[i:i + 2]
+    return out
+
+
+def sscontrold_cmd(work: Path, port: int, log_level: str, daemon: list[str] | None = None) -> list[str]:
+    """sscontrold with an empty config file and every limit that could interfere lifted.
+    ``daemon``: another build's twistd instead of this checkout's."""
     empty = work / "empty.conf"
     empty.touch()
-    return twistd() + [
+    cmd = (daemon or twistd()) + [
         "-n", "--pidfile=", "--reactor", "sscontrol-epoll", "sscontrol-signaling", "--config", str(empty),
         "--host", "127.0.0.1", "--port", str(port), "--admin-enabled", "false",
         # no limit may interfere with the measurement
@@ -230,17 +246,18 @@ def sscontrold_cmd(work: Path, port: int, log_level: str) -> list[str]:
         "--ping-interval", "0", "--resume-grace", "0", "--auth-timeout", "120",
         "--handshake-timeout", "120", "--drain-timeout", "1", "--log-level", log_level,
     ]
+    return cmd if daemon is None else known_flags_only(cmd, daemon)
 
 
 class Server:
     def __init__(self, kind: str, work: Path, api_key: str, tls: tuple[Path, Path] | None,
-                 cpu: int | None, log_level: str):
+                 cpu: int | None, log_level: str, daemon: list[str] | None = None):
         self.kind = kind
         self.port = free_port()
         self.tls = tls
         self.logfile = work / f"{kind}-{self.port}.log"
         if kind == "sscontrold":
-            cmd = sscontrold_cmd(work, self.port, log_level)
+            cmd = sscontrold_cmd(work, self.port, log_level, daemon)
             if tls:
                 cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
             env = clean_env(SSCONTROL_API_KEY=api_key)
