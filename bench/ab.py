@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  the harness of bench/run.py: servers, generator, pinning
+import harness  # noqa: E402  what bench/run.py runs: servers, generator, pinning
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ WORKLOADS = {  # the figures the 7 % of 2026-12-03 was seen in: relay throughput
     "relay C=2000 W=16": (["--workload", "relay", "--conns", "2000", "--window", "16", "--warmup", "2",
                            "--seconds", "8"], "msgs_per_s"),
     "churn plain": (["--workload", "churn", "--concurrency", "64", "--warmup", "1", "--seconds", "5",
-                     "--src-addrs", run.SRC_ADDRS], "connections_per_s"),
+                     "--src-addrs", harness.SRC_ADDRS], "connections_per_s"),
 }
 
 
@@ -64,7 +64,7 @@ def main() -> int:
     args = p.parse_args()
     old_twistd = args.old_twistd or build_old(args.old)
     builds = {"new": None, "old": [str(old_twistd)]}
-    run.raise_fd_limit(65536)
+    harness.raise_fd_limit(65536)
     api_key = secrets.token_hex(16)
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="sscontrol-ab-") as tmp:
@@ -72,14 +72,14 @@ def main() -> int:
             order = ["new", "old", "reference"] if rnd % 2 == 0 else ["reference", "old", "new"]
             for name, (gen, key) in WORKLOADS.items():
                 for variant in order:
-                    run.wait_quiet(20)
+                    harness.wait_quiet(20)
                     kind = "reference" if variant == "reference" else "sscontrold"
-                    server = run.Server(kind, Path(tmp), api_key, None, 0, "warn", builds.get(variant))
+                    server = harness.Server(kind, Path(tmp), api_key, None, 0, "warn", builds.get(variant))
                     try:
-                        (rec,) = run.run_loadgen(server, gen, api_key, 1, 120)
+                        (rec,) = harness.run_loadgen(server, gen, api_key, 1, 120)
                     finally:
                         server.stop()
-                    run.annotate(rec, 0, 1)
+                    harness.annotate(rec, 0, 1)
                     cpu = rec.get("server_cpu_us_per_op") or float("nan")
                     figures.setdefault((name, variant), []).append((rec[key], cpu))
                     print(f"round {rnd + 1} {name:<18} {variant:<9} {key} {rec[key]:>8,} server CPU "

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  the harness of bench/run.py: servers, generator, certificates
+import harness  # noqa: E402  the bench's harness: servers, generator, certificates
 
 # (what, path fragments of the code's file); the first that matches names a function's group.
 GROUPS = [
@@ -103,23 +103,23 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args()
-    run.raise_fd_limit(65536)
+    harness.raise_fd_limit(65536)
     api_key = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="sscontrol-profile-") as tmp:
         work = Path(tmp)
         stats_file = work / "daemon.pstats"
-        plain_twistd = run.twistd
-        run.twistd = lambda: plain_twistd() + [f"--profile={stats_file}", "--profiler=cprofile", "--savestats"]
-        cert = run.make_cert(work, args.tls) if args.tls else None
-        server = run.Server("sscontrold", work, api_key, cert, None, "warn")
+        plain_twistd = harness.twistd
+        harness.twistd = lambda: plain_twistd() + [f"--profile={stats_file}", "--profiler=cprofile", "--savestats"]
+        cert = harness.make_cert(work, args.tls) if args.tls else None
+        server = harness.Server("sscontrold", work, api_key, cert, None, "warn")
         if args.workload == "churn":
             gen = ["--workload", "churn", "--concurrency", "64", "--warmup", "1", "--seconds", str(args.seconds),
-                   "--src-addrs", run.SRC_ADDRS] + (["--resume", "1"] if args.resume else [])
+                   "--src-addrs", harness.SRC_ADDRS] + (["--resume", "1"] if args.resume else [])
         else:
             gen = ["--workload", "relay", "--conns", str(args.conns), "--window", str(args.window),
                    "--warmup", "2", "--seconds", str(args.seconds)]
         try:
-            (rec,) = run.run_loadgen(server, gen, api_key, None, 120 + args.seconds)
+            (rec,) = harness.run_loadgen(server, gen, api_key, None, 120 + args.seconds)
         finally:
             server.stop()  # the profile is written as the reactor stops
         if not stats_file.exists():

@@ -14,33 +14,8 @@ sscontrold/reference ratios as a table and as JSON lines. Everything goes to
     python bench/run.py --only relay --rounds 3
     python bench/run.py --only cores       # every core only (`make bench-workers`), ~6 minutes
 
-Every core (`cores`, issue 16: "N processes on one port + Redis"): nothing is pinned; the
-servers, Redis and the generator share every core, so the figures are what the host delivers.
-Per round, for each configuration in turn (the order alternates by round): the reference (one
-Node.js process), sscontrold N=1 and sscontrold N=os.cpu_count() processes on one port
-(reuse_port), both with a redis-server of their own (N=1 too, so the scaling compares like
-with like), each phase on a fresh server:
-  saturation  closed-loop relay, C=2000 W=1 (C=200 with --short): msgs/s S; S/N (per
-              process, i.e. per core) and, for sscontrold, scaling = S(N)/S(1) of the round.
-              One message in flight per pair, as the open loop below sends them: single
-              messages spread in time, one per read (W=16 would batch 16 per read, which
-              costs a server less per message: 80 % of that is more than single messages
-              can carry).
-  at 80%      open loop (loadgen --rate) at 0.8 x S of that same configuration and round:
-              latency from the scheduled send time (coordinated omission included) and from
-              the actual send, the generator's own lag, not_sent (a pair already had W in
-              flight), undelivered (still in flight 3 s after the load stopped).
-  at 120%     open loop at 1.2 x S: delivered msgs/s (and as % of S), not_sent, latency of the
-              delivered messages.
-Targets (sscontrold's own medians with N = every core; the same with N=1 are printed in
-parentheses, for comparison): at 80 %, p99.9 <= 100 ms and max <= 1 s from the scheduled time
-(what a client that meant to send then sees), nothing undelivered, and at most 1 % of the
-sends not made (the 80 % load was carried: else the latency is that of a part of it); at
-120 %, max <= 1 s from the send for the delivered messages and nothing undelivered: overload is shed (not_sent, the
-server's backpressure), not queued for seconds. Scaling is reported, without a threshold.
-The server CPU of sscontrold covers every worker and Redis. With --short (C=200) each pair
-carries ten times the rate, so its window of 16 fills, and sends are shed, at a tenth of the
-latency: compare short runs with short runs only.
+Every core (`cores`: N processes on one port + Redis, unpinned, saturation and the open loop at
+80 %/120 % of it) is bench/cores.py, described there (and at the end of --help).
 
 Environment: BENCH_SECONDS (relay measurement, default 10), BENCH_SHORT=1 (small C/N),
 BENCH_ROUNDS, BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_LOG_LEVEL (sscontrold's
@@ -50,36 +25,30 @@ BENCH_ROUNDS, BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_LOG_LEVEL (sscontro
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal
-import socket
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import charts  # noqa: E402  SVG charts, no plotting library
-BENCH = ROOT / "bench"
-LOADGEN = BENCH / "loadgen" / "loadgen.js"
-REFERENCE = BENCH / "reference" / "relay.js"
+import cores  # noqa: E402  the `cores` family (every core)
+from harness import (  # noqa: E402  servers, generator, machine
+    ROOT, SRC_ADDRS, Server, annotate, connection_ceiling, log, machine_info, make_cert, raise_fd_limit,
+    run_loadgen, run_storm, wait_quiet)
+
 OUT_DIR = ROOT / "build" / "bench"
-SRC_ADDRS = ",".join(f"127.0.0.{i}" for i in range(2, 10))  # 8 source addresses: 8 x 28k ephemeral ports
 SERVERS = ("sscontrold", "reference")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Targets from issue 16: (metric, comparison, threshold, what) where what is "ratio" (sscontrold /
 # reference, medians of the rounds) or "value" (sscontrold's own median). "Churn at >= 1.0x by
-# server CPU per connection" is a cost: its ratio must be <= 1.0.
+# server CPU per connection" is a cost: its ratio must be <= 1.0. The `cores` family's are in bench/cores.py.
 TARGETS = {
     ("relay", 200, 1): [("msgs_per_s", ">=", 1.0, "ratio"), ("p99_us", "<=", 1.0, "ratio")],
     ("relay", 2000, 1): [("msgs_per_s", ">=", 1.0, "ratio"), ("p99_us", "<=", 1.0, "ratio")],
@@ -92,391 +61,8 @@ TARGETS = {
     ("churn", True, "rsa", True): [("server_cpu_us_per_op", "<=", 1.0, "ratio"), ("resumed_pct", ">=", 90, "value")],
     ("storm", "term"): [("all_back_s", "<=", 1.0, "ratio"), ("gave_up", "<=", 0, "value")],
     ("storm", "kill"): [("all_back_s", "<=", 1.0, "ratio"), ("gave_up", "<=", 0, "value")],
+    **cores.TARGETS,
 }
-# Every core (the `cores` family): sscontrold's own values with N = every core; with N = 1 the
-# same figures are flagged for comparison only ("info": the issue's targets are for all cores).
-ALL_CORES = os.cpu_count() or 1
-CORES_PHASES = {"sat": None, "at80": 0.8, "at120": 1.2}  # phase: rate as a fraction of saturation
-for _n, _info in ((1, ("info",)), (ALL_CORES, ())):
-    TARGETS[("cores", "at80", _n)] = [("sched_p999_us", "<=", 100000, "value", *_info),
-                                      ("sched_max_us", "<=", 1000000, "value", *_info),
-                                      ("undelivered", "<=", 0, "value", *_info),
-                                      # the load was carried: else the latency is of a part of it
-                                      ("not_sent_pct", "<=", 1.0, "value", *_info)]
-    TARGETS[("cores", "at120", _n)] = [("max_us", "<=", 1000000, "value", *_info),
-                                       ("undelivered", "<=", 0, "value", *_info)]
-
-
-def log(*parts) -> None:
-    print("bench:", *parts, file=sys.stderr, flush=True)
-
-
-# --- machine and limits
-
-def raise_fd_limit(want: int) -> tuple[int, str]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    note = ""
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-    except (ValueError, OSError):
-        if hard != resource.RLIM_INFINITY and hard < want:
-            note = (f"could not raise the open-file limit to {want}: the hard limit is {hard} "
-                    f"(no CAP_SYS_RESOURCE here); idle N is capped below it")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0], note
-
-
-def connection_ceiling() -> int:
-    """The most connections sscontrold accepts here: its open-file limit (the hard one)
-    less what the daemon keeps for itself."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return 1000000 if hard == resource.RLIM_INFINITY else max(1, hard - 1000 - 64)
-
-
-def unlimited_connections() -> list[str]:
-    """Connection flags that let every client in: the daemon refuses limits past
-    its open-file limit (raised to the hard one), so the largest that fits."""
-    return ["--max-connections", str(connection_ceiling()), "--max-connections-per-ip", "1000000",
-            "--max-http-connections", "1000", "--max-http-connections-per-ip", "1000",
-            "--max-queued-bytes", str(1 << 30)]
-
-
-def machine_busy() -> float:
-    """Busy CPU seconds of the whole machine so far."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]) / CLK_TCK
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
-    """Wait (bounded) until the machine is nearly idle (other engineers' tests may
-    share it); returns the busy fraction of one core seen last."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0 = machine_busy()
-        time.sleep(0.5)
-        busy = (machine_busy() - b0) / 0.5
-        if busy <= threshold or time.monotonic() >= deadline:
-            return busy
-
-
-def machine_info() -> dict:
-    info = {"nproc": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info["python"] = sys.version.split()[0]
-    for mod in ("twisted", "autobahn"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:
-            info[mod] = None
-    node = shutil.which("node")
-    info["node"] = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip() if node else None
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sscontrold"], cwd=ROOT, capture_output=True,
-                               text=True)
-        info["commit"] = (head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-                          if head.returncode == 0 else None)
-    except OSError:
-        info["commit"] = None
-    try:
-        info["ws"] = json.loads((BENCH / "reference" / "node_modules" / "ws" / "package.json").read_text())["version"]
-    except OSError:
-        info["ws"] = None
-    return info
-
-
-# --- servers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def twistd() -> list[str]:
-    script = Path(sys.executable).parent / "twistd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "twisted"]
-
-
-def clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSCONTROL_", "SIGNALING_"))}
-    env.update({k: str(v) for k, v in extra.items() if v is not None})
-    return env
-
-
-def pinned(cpu: int | None) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
-
-
-def known_flags_only(cmd: list[str], daemon: list[str]) -> list[str]:
-    """``cmd`` less the plugin's ``--flag value`` pairs that ``daemon`` (another build's
-    twistd, as bench/ab.py runs) does not list in its --help: an older build lacks
-    the limits added since, and is measured without them."""
-    help_text = subprocess.run(daemon + ["sscontrol-signaling", "--help"], capture_output=True, text=True,
-                               check=True).stdout
-    at = cmd.index("sscontrol-signaling") + 1
-    out = cmd[:at]
-    for i in range(at, len(cmd), 2):
-        assert cmd[i].startswith("--"), cmd[i]
-        if f"{cmd[i]}=" in help_text:
-            out += cmd[i:i + 2]
-    return out
-
-
-def sscontrold_cmd(work: Path, port: int, log_level: str, daemon: list[str] | None = None) -> list[str]:
-    """sscontrold with an empty config file and every limit that could interfere lifted.
-    ``daemon``: another build's twistd instead of this checkout's."""
-    empty = work / "empty.conf"
-    empty.touch()
-    cmd = (daemon or twistd()) + [
-        "-n", "--pidfile=", "--reactor", "sscontrol-epoll", "sscontrol-signaling", "--config", str(empty),
-        "--host", "127.0.0.1", "--port", str(port), "--admin-enabled", "false",
-        # no limit may interfere with the measurement
-        *unlimited_connections(),
-        "--rate-limit-per-second", "1000000000", "--rate-limit-burst", "1000000000",
-        "--rate-limit-strikes", "1000000", "--nonce-store-max", "100000000",
-        "--ping-interval", "0", "--resume-grace", "0", "--auth-timeout", "120",
-        "--handshake-timeout", "120", "--drain-timeout", "1", "--log-level", log_level,
-    ]
-    return cmd if daemon is None else known_flags_only(cmd, daemon)
-
-
-class Server:
-    def __init__(self, kind: str, work: Path, api_key: str, tls: tuple[Path, Path] | None,
-                 cpu: int | None, log_level: str, daemon: list[str] | None = None):
-        self.kind = kind
-        self.port = free_port()
-        self.tls = tls
-        self.logfile = work / f"{kind}-{self.port}.log"
-        if kind == "sscontrold":
-            cmd = sscontrold_cmd(work, self.port, log_level, daemon)
-            if tls:
-                cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
-            env = clean_env(SSCONTROL_API_KEY=api_key)
-        else:
-            cmd = ["node", str(REFERENCE)]
-            env = clean_env(SSCONTROL_API_KEY=api_key, SIGNALING_HOST="127.0.0.1", SIGNALING_PORT=self.port,
-                            SSCONTROL_TLS_CERT=tls[0] if tls else None, SSCONTROL_TLS_KEY=tls[1] if tls else None)
-        self._argv, self._env, self._cwd = pinned(cpu) + cmd, env, work
-        self.out = open(self.logfile, "w")
-        self._spawn()
-        self._wait_ready()
-
-    def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self._argv, cwd=self._cwd, env=self._env, stdout=self.out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def restart(self, how: str, timeout: float = 60.0) -> dict:
-        """Restart on the same port, as systemd does (``term``: SIGTERM, wait for the
-        process to drain and exit, start a new one) or after a crash (``kill``: SIGKILL).
-        Returns the old process's peak RSS and how long it took to exit."""
-        old = self.proc
-        peak = peak_rss_kib(old.pid)
-        t0 = time.monotonic()
-        old.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
-        try:
-            old.wait(timeout)
-        except subprocess.TimeoutExpired:
-            old.kill()
-            old.wait(5)
-        exited = time.monotonic() - t0
-        self._spawn()
-        return {"old_peak_rss_kib": peak, "old_exit_s": round(exited, 3)}
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid  # taskset execs the server: same pid
-
-    @property
-    def pids(self) -> str:
-        return str(self.proc.pid)
-
-    @property
-    def url(self) -> str:
-        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: see {self.logfile}")
-            try:
-                if self.tls:
-                    ctx = ssl.create_default_context()
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                    conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=ctx)
-                else:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                ok = conn.getresponse().status == 200
-                conn.close()
-                if ok:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.kind} did not answer /health within {timeout} s: see {self.logfile}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.out.close()
-
-
-class Workers:
-    """N sscontrold processes on one port (reuse_port, SO_REUSEPORT), sharing rooms through
-    a redis-server of their own. The kernel spreads connections over the processes; a pair
-    whose two peers landed on different processes relays through Redis (pub/sub)."""
-
-    def __init__(self, n: int, work: Path, api_key: str, log_level: str = "warn"):
-        self.kind = "sscontrold"
-        self.n = n
-        self.port = free_port()
-        redis_port = free_port()
-        self.procs: list[subprocess.Popen] = []
-        self.logs = []
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._wait_port(redis_port, 10.0, "redis-server")
-            env = clean_env(SSCONTROL_API_KEY=api_key, SSCONTROL_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
-            for i in range(n):
-                out = open(work / f"worker-{self.port}-{i}.log", "w")
-                self.logs.append(out)
-                self.procs.append(subprocess.Popen(
-                    sscontrold_cmd(work, self.port, log_level) + ["--reuse-port", "true"],
-                    cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            self._wait_port(self.port, 30.0, "sscontrold")
-            time.sleep(1.5)  # every worker bound and registered with Redis, not only the first
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"a worker exited with {p.returncode}: see {work}/worker-{self.port}-*.log")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_port(self, port: int, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
-
-    pid = property(lambda self: self.procs[0].pid)
-    # CPU and RSS of the deployment: every worker and Redis
-    pids = property(lambda self: ",".join(str(p.pid) for p in self.procs + [self.redis]))
-    url = property(lambda self: f"ws://127.0.0.1:{self.port}/ws")
-
-    def stop(self) -> None:
-        for p in self.procs + [self.redis]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs + [self.redis]:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for out in self.logs:
-            out.close()
-
-
-def peak_rss_kib(pid: int) -> int | None:
-    """A process's peak resident set (VmHWM), KiB."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def make_cert(work: Path, kind: str) -> tuple[Path, Path]:
-    """A throw-away self-signed certificate for 127.0.0.1 (ECDSA P-256 or RSA 2048)."""
-    cert, key = work / f"cert-{kind}.pem", work / f"key-{kind}.pem"
-    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if kind == "ec" else ["-newkey", "rsa:2048"]
-    subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
-
-
-# --- the generator
-
-def run_loadgen(server: Server | Workers, args: list[str], api_key: str, cpu: int | None,
-                timeout: float) -> list[dict]:
-    cmd = pinned(cpu) + ["node", str(LOADGEN), "--url", server.url, "--server-pid", server.pids, *args]
-    proc = subprocess.run(cmd, env=clean_env(SSCONTROL_API_KEY=api_key), capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-
-
-def run_storm(server: Server, args: list[str], api_key: str, cpu: int | None, timeout: float,
-              how: str) -> list[dict]:
-    """The reconnect storm: the generator joins its clients and says so; the server is
-    then restarted (``term``) or killed and started again (``kill``); the generator
-    reports when every pair relays again. Adds the new process's peak RSS and CPU."""
-    cmd = pinned(cpu) + ["node", str(LOADGEN), "--url", server.url, *args]
-    proc = subprocess.Popen(cmd, env=clean_env(SSCONTROL_API_KEY=api_key), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        line = proc.stdout.readline()
-        if not line.startswith('{"storm_ready"'):
-            raise RuntimeError(f"loadgen did not get ready: {line.strip()} {proc.stderr.read()[-2000:]}")
-        proc.stdin.write(json.dumps({"restart_at_ms": time.time() * 1000}) + "\n")
-        proc.stdin.flush()
-        facts = server.restart(how)
-        try:
-            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise RuntimeError("storm: the generator did not finish in time") from None
-        if proc.returncode != 0:
-            raise RuntimeError(f"loadgen failed ({proc.returncode}): {err.strip()[-2000:]}")
-        recs = [json.loads(x) for x in out.splitlines() if x.startswith('{"workload"')]
-        cpu_s = proc_cpu_seconds(server.pid)
-        for r in recs:
-            r.update(facts, restart=how, new_peak_rss_kib=peak_rss_kib(server.pid), new_server_cpu_s=cpu_s)
-            r["server_peak_rss_kib"] = max(v for v in (facts["old_peak_rss_kib"], r["new_peak_rss_kib"], 0)
-                                           if v is not None)
-        return recs
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return round((int(fields[11]) + int(fields[12])) / CLK_TCK, 2)
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def plan(short: bool, seconds: float, idle_max: int, tls_keys=(None, "ec", "rsa"),
@@ -496,9 +82,7 @@ def plan(short: bool, seconds: float, idle_max: int, tls_keys=(None, "ec", "rsa"
     out += [{"key": ("churn", True, tls, True), "tls": tls, "timeout": 60 + churn_s,
              "args": ["--workload", "churn", "--concurrency", "64", "--warmup", "1", "--seconds", str(churn_s),
                       "--src-addrs", SRC_ADDRS, "--resume", "1"]} for tls in tls_keys if tls]
-    out += [{"key": ("cores",), "tls": None, "cores": True, "conns": 200 if short else 2000, "window": 16,
-             "sat_window": 1,
-             "warmup": 1 if short else 2, "seconds": seconds, "processes": sorted({1, ALL_CORES})}]
+    out += [cores.workload(short, seconds)]
     n = storm_conns or (1000 if short else min(10000, idle_max))
     out += [{"key": ("storm", how), "tls": None, "timeout": 240, "storm": how,
              "args": ["--workload", "storm", "--conns", str(n), "--src-addrs", SRC_ADDRS]}
@@ -509,25 +93,9 @@ def plan(short: bool, seconds: float, idle_max: int, tls_keys=(None, "ec", "rsa"
     return out
 
 
-def annotate(rec: dict, server_cpu: int | None = None, gen_cpu: int | None = None) -> dict:
-    """CPU cost per operation (a relayed message, a connection) of the server and of the
-    generator: comparable even when a run did not saturate the server. And how busy the
-    server's and the generator's cores were (processes + irq/softirq)."""
-    cores = rec.get("core_busy_pct") or []
-    for who, cpu in (("server", server_cpu), ("gen", gen_cpu)):
-        if cpu is not None and cpu < len(cores):
-            rec[f"{who}_core_busy_pct"] = cores[cpu]
-    rate = rec.get("msgs_per_s") if rec["workload"] == "relay" else rec.get("connections_per_s")
-    for who in ("server", "gen"):
-        pct = rec.get(f"{who}_cpu_pct")
-        if rate and pct is not None:
-            rec[f"{who}_cpu_us_per_op"] = round(pct / 100 * 1e6 / rate, 2)
-    return rec
-
-
 def result_key(rec: dict) -> tuple:
     if rec.get("family") == "cores":
-        return ("cores", rec["phase"], rec["processes"])
+        return cores.result_key(rec)
     if rec["workload"] == "relay":
         return ("relay", rec["conns"], rec["window"])
     if rec["workload"] == "churn":
@@ -539,7 +107,7 @@ def result_key(rec: dict) -> tuple:
 
 def label(key: tuple) -> str:
     if key[0] == "cores":
-        return f"cores N={key[2]} " + {"sat": "saturation", "at80": "at 80%", "at120": "at 120%"}[key[1]]
+        return cores.label(key)
     if key[0] == "relay":
         return f"relay C={key[1]} W={key[2]}"
     if key[0] == "churn":
@@ -551,7 +119,7 @@ def label(key: tuple) -> str:
 
 def kind_of(key) -> str:
     """The METRICS entry of a row: the workload family, or the phase for `cores`."""
-    return f"cores-{key[1]}" if key[0] == "cores" else key[0]
+    return cores.kind_of(key) if key[0] == "cores" else key[0]
 
 
 METRICS = {
@@ -565,22 +133,8 @@ METRICS = {
     "storm": [("all_back_s", "all back s", False), ("failed_attempts", "failed attempts", False),
               ("gave_up", "gave up", False), ("server_peak_rss_kib", "peak RSS KiB", False),
               ("new_server_cpu_s", "new srv CPU s", False)],
-    "cores-sat": [("msgs_per_s", "msgs/s", True), ("msgs_per_s_per_process", "msgs/s/process", True),
-                  ("scaling", "x of N=1", True), ("p99_us", "p99 us", False), ("p999_us", "p99.9 us", False),
-                  ("max_us", "max us", False), ("server_cpu_us_per_op", "srv CPU us/msg", False)],
-    "cores-at80": [("offered_per_s", "offered/s", True), ("msgs_per_s", "delivered/s", True),
-                   ("sched_p999_us", "p99.9 us sched", False), ("sched_max_us", "max us sched", False),
-                   ("p999_us", "p99.9 us send", False), ("max_us", "max us send", False),
-                   ("lag_max_us", "gen lag max us", False), ("not_sent_pct", "not sent %", False),
-                   ("undelivered", "undelivered", False)],
-    "cores-at120": [("offered_per_s", "offered/s", True), ("msgs_per_s", "delivered/s", True),
-                    ("delivered_of_sat_pct", "delivered % of S", True), ("not_sent_pct", "not sent %", False),
-                    ("p999_us", "p99.9 us send", False), ("max_us", "max us send", False),
-                    ("sched_max_us", "max us sched", False), ("undelivered", "undelivered", False)],
+    **cores.METRICS,
 }
-# Figures whose sscontrold/reference ratio says nothing (each server's load is set from its own
-# saturation; scaling is sscontrold's own).
-NO_RATIO = {"offered_per_s", "scaling", "not_sent_pct", "undelivered", "lag_max_us", "delivered_of_sat_pct"}
 
 
 def median(values):
@@ -594,7 +148,7 @@ def matches(rec: dict, key: tuple, server: str) -> bool:
     if rec["server"] != server:
         return False
     k = result_key(rec)
-    return k[:2] == key[:2] if key[0] == "cores" and server == "reference" else k == key
+    return cores.matches(k, key, server) if key[0] == "cores" else k == key
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -612,7 +166,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 "server_core_busy_pct", "gen_core_busy_pct")]:
             vals = {s: median([r.get(metric) for r in per[s]]) for s in SERVERS}
             ratio = (vals["sscontrold"] / vals["reference"]
-                     if vals["sscontrold"] is not None and vals["reference"] and metric not in NO_RATIO else None)
+                     if vals["sscontrold"] is not None and vals["reference"] and metric not in cores.NO_RATIO else None)
             row[metric] = {**vals, "ratio": round(ratio, 3) if ratio is not None else None,
                            "all": {s: [r.get(metric) for r in per[s]] for s in SERVERS}}
         targets = TARGETS.get(k[:1] if k[0] == "idle" else k, [])
@@ -691,75 +245,8 @@ def targets_report(rows: list[dict]) -> str:
     for name in missing:
         lines.append(f"  NOT RUN   {name}")
     if info:
-        lines.append(f"  (...) = one process, for comparison: the every-core targets are for N={ALL_CORES}")
+        lines.append(f"  (...) = one process, for comparison: the every-core targets are for N={cores.ALL_CORES}")
     return "\n".join(lines)
-
-
-def run_cores(w: dict, rnd: int, servers: list[str], work: Path, api_key: str, args, log_level: str,
-              started: float) -> list[dict]:
-    """One round of the `cores` family: for the reference (one process) and for sscontrold with
-    each N of w["processes"] (N processes on one port + Redis), in turn (the order alternates
-    by round): saturation (closed loop), then the open loop at 0.8 and 1.2 x that saturation,
-    each on a fresh server. Nothing pinned. Returns the round's records, with the per-process
-    throughput and the scaling S(N)/S(1) of sscontrold filled in."""
-    configs = [(kind, n) for kind in ("reference", "sscontrold") if kind in servers
-               for n in ((1,) if kind == "reference" else w["processes"])]
-    if rnd % 2:
-        configs.reverse()
-    def relay(window: int) -> list[str]:
-        return ["--workload", "relay", "--conns", str(w["conns"]), "--window", str(window),
-                "--warmup", str(w["warmup"]), "--seconds", str(w["seconds"])]
-    timeout = 90 + w["warmup"] + w["seconds"]
-    recs_round = []
-    for kind, n in configs:
-        saturation = None
-        for phase, factor in CORES_PHASES.items():
-            name = label(("cores", phase, n)) + f" ({kind})"
-            if factor is not None and not saturation:
-                log(f"{name}: skipped, no saturation figure")
-                continue
-            # saturation: closed loop, one message in flight per pair; the open loop may hold
-            # up to w["window"] per pair before it counts a send as not made
-            gen_args = (relay(w["window"]) + ["--rate", str(round(factor * saturation))] if factor
-                        else relay(w["sat_window"]))
-            for attempt in range(1 + args.retries):
-                # a full wait before each server's first phase; the next follow at once
-                busy = wait_quiet(args.quiet_wait if factor is None else min(3.0, args.quiet_wait))
-                recs = []
-                try:
-                    server = Server(kind, work, api_key, None, None, log_level) if kind == "reference" else \
-                        Workers(n, work, api_key, log_level)
-                except Exception as e:
-                    log(f"{name}: {e}")
-                    break
-                try:
-                    recs = run_loadgen(server, gen_args, api_key, None, timeout)
-                except Exception as e:
-                    log(f"{name}: {e}")
-                finally:
-                    server.stop()
-                noise = max([r.get("other_cpu_pct") or 0 for r in recs] or [0])
-                if noise <= args.max_noise or attempt == args.retries or time.monotonic() - started > args.budget:
-                    break
-                log(f"{name}: other processes used {noise:.0f}% of a core meanwhile: measuring again")
-            for r in recs:
-                r.update({"family": "cores", "phase": phase, "processes": n, "server": kind, "round": rnd,
-                          "busy_before": round(busy, 2), "attempt": attempt,
-                          "noisy": (r.get("other_cpu_pct") or 0) > args.max_noise})
-                annotate(r)
-                if factor is None:
-                    saturation = r.get("msgs_per_s")
-                    r["msgs_per_s_per_process"] = round(saturation / n) if saturation else None
-                else:
-                    r["sat_msgs_per_s"] = saturation
-                    r["delivered_of_sat_pct"] = round(100 * r["msgs_per_s"] / saturation, 1)
-                recs_round.append(r)
-    sat = {r["processes"]: r.get("msgs_per_s") for r in recs_round
-           if r["server"] == "sscontrold" and r["phase"] == "sat"}
-    for r in recs_round:
-        if r["server"] == "sscontrold" and r["phase"] == "sat" and sat.get(1) and r.get("msgs_per_s"):
-            r["scaling"] = round(r["msgs_per_s"] / sat[1], 3)
-    return recs_round
 
 
 def smoke(args) -> int:
@@ -789,7 +276,7 @@ def smoke(args) -> int:
         for tls, gen_args in runs:
             try:
                 if "--rate" in gen_args and shutil.which("redis-server"):
-                    server = Workers(2, work, api_key)
+                    server = cores.Workers(2, work, api_key)
                 else:
                     server = Server("sscontrold", work, api_key, cert if tls else None, None, "warn")
             except Exception as e:
@@ -861,7 +348,8 @@ def gen_check(args, server_cpu, gen_cpu) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=f"{__doc__}\n{cores.__doc__}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="a seconds-long sanity run against sscontrold only")
     p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")))
     p.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", "10")))
@@ -923,7 +411,7 @@ def main() -> int:
         for rnd in range(args.rounds):
             for w in work_plan:
                 if w.get("cores"):
-                    for r in run_cores(w, rnd, servers, work, api_key, args, info["log_level"], started):
+                    for r in cores.run_cores(w, rnd, servers, work, api_key, args, info["log_level"], started):
                         line = json.dumps(r)
                         print(line, flush=True)
                         out.write(line + "\n")
