@@ -12,11 +12,12 @@ Everything off the per-message path keeps using prometheus_client directly.
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left
 from collections import defaultdict
 
 from prometheus_client import Counter, Gauge
-from prometheus_client.core import REGISTRY, CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 
 class MessageCounter:
@@ -67,6 +68,29 @@ class LatencyHistogram:
         family = HistogramMetricFamily(self.name, self.documentation)
         family.add_metric([], buckets, sum_value=self.sum)
         yield family
+
+
+class CountGauge:
+    """A gauge read at scrape time from the counters that already hold its value (a
+    ``ConnectionCounter``'s ``total``, one per node of the process): nothing to
+    update per connection."""
+
+    def __init__(self, name: str, documentation: str, registry=REGISTRY):
+        self.name = name
+        self.documentation = documentation
+        self._sources: weakref.WeakSet = weakref.WeakSet()
+        if registry is not None:
+            registry.register(self)
+
+    def count(self, source) -> None:
+        """Add ``source.total`` to the gauge for as long as ``source`` lives."""
+        self._sources.add(source)
+
+    def describe(self):
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        yield GaugeMetricFamily(self.name, self.documentation, value=sum(s.total for s in list(self._sources)))
 
 
 # The domain's metrics (sscontrold.domain.metrics.Recorder says when each moves).

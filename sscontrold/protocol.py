@@ -20,12 +20,12 @@ from time import perf_counter
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from twisted.internet import abstract
 from twisted.logger import Logger
 
 from .domain.client import CLOSE_POLICY_VIOLATION, RELAYED, Client
-from .metrics import ERRORS, LatencyHistogram
+from .metrics import ERRORS, CountGauge, LatencyHistogram
 from .shortcuts import autobahn as ab_shortcuts
 from .shortcuts import twisted_tcp
 from .web import REQUESTS, client_address, endpoint_label
@@ -56,7 +56,7 @@ log = Logger(namespace="sscontrold.protocol")
 CLOSE_INTERNAL_ERROR = 1011
 RESUMABLE_CLOSE_CODES = frozenset({1012})  # service restart: reconnect and resume
 
-ACTIVE = Gauge("sscontrol_active_connections", "Open WebSocket connections.")
+ACTIVE = CountGauge("sscontrol_active_connections", "Open WebSocket connections.")
 QUEUE_OVERFLOWS = Counter("sscontrol_queue_overflows_total", "WebSocket peers closed (1008) because more than "
                           "max_queued_bytes waited to be sent to them: they did not read.")
 RELAY_LATENCY = LatencyHistogram("sscontrol_relay_latency_seconds", "From a relayed message read to its copy "
@@ -194,7 +194,6 @@ class SignalingProtocol(WebSocketServerProtocol):
                 raise ConnectionDeny(503, "Service Unavailable: too many connections")
             raise ConnectionDeny(429, "Too Many Requests: too many connections from your address")
         self._counted = True
-        ACTIVE.inc()
         return select_subprotocol(request.protocols)
 
     def onOpen(self):
@@ -239,7 +238,6 @@ class SignalingProtocol(WebSocketServerProtocol):
             node = self.factory.node
             if self._counted:
                 self._counted = False
-                ACTIVE.dec()
                 node.connections.close(self.address)
             self.factory.open_connections.discard(self)
             client = self.client
@@ -347,6 +345,7 @@ class SignalingFactory(WebSocketServerFactory):
     def __init__(self, node, settings, reactor=None):
         WebSocketServerFactory.__init__(self, server="sscontrol-signaling", reactor=reactor)
         self.node = node
+        ACTIVE.count(node.connections)
         self.open_connections: set[SignalingProtocol] = set()
         self.batch = WriteBatch()
         self.fast_limit = 0

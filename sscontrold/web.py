@@ -8,7 +8,7 @@ from io import BytesIO
 from typing import Callable, Protocol, cast
 
 import orjson
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 from twisted.web import http
@@ -19,6 +19,7 @@ from twisted.web.server import Request, Site
 from . import __version__
 from .domain.origins import OriginPolicy
 from .shortcuts import twisted_web
+from .metrics import CountGauge
 
 log = Logger(namespace="sscontrold.web")
 
@@ -29,8 +30,8 @@ ENDPOINTS = {"": "/", "ws": "/ws", "health": "/health", "turn": "/turn", "api": 
              "ready": "/ready", "live": "/live", "metrics": "/metrics"}
 
 
-HTTP_OPEN = Gauge("sscontrol_http_connections", "Connections of the public port not (yet) upgraded to a "
-                  "WebSocket, counted from accept.")
+HTTP_OPEN = CountGauge("sscontrol_http_connections", "Connections of the public port not (yet) upgraded to a "
+                       "WebSocket, counted from accept.")
 HTTP_REFUSED = Counter("sscontrol_http_connections_refused_total", "Connections of the public port closed at "
                        "accept: max_http_connections (total) or max_http_connections_per_ip (per_address).",
                        ["scope"])
@@ -380,7 +381,6 @@ class GuardedChannel(HTTPChannel):
         address, self._counted = self._counted, None
         if address is not None:
             self.site.node.http_connections.close(address)
-            HTTP_OPEN.dec()
 
     def connectionLost(self, reason):
         self._cancel_deadline()
@@ -403,6 +403,8 @@ class QuietSite(Site):
         super().__init__(resource, timeout=timeout, reactor=reactor)  # its channels' timers
         self.max_body_bytes = max_body_bytes
         self.node = node
+        if node is not None:
+            HTTP_OPEN.count(node.http_connections)
         self._refusals = 0  # since the last warning line
         self._warned_at = float("-inf")
 
@@ -422,7 +424,6 @@ class QuietSite(Site):
         channel = super().buildProtocol(addr)
         if node is not None and host is not None:
             channel._counted = host
-            HTTP_OPEN.inc()
         return channel
 
     def _refused(self, scope: str, host: str) -> None:

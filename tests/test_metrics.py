@@ -1,12 +1,15 @@
 """The hot-path metrics (sscontrold/metrics.py) expose exactly what prometheus_client's
-own Counter and Histogram would for the same updates: names, types, labels, help,
-cumulative buckets with an inclusive `le`, count and sum."""
+own Counter, Histogram and Gauge would for the same updates: names, types, labels,
+help, cumulative buckets with an inclusive `le`, count and sum."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import gc
 
-from sscontrold.metrics import LatencyHistogram, MessageCounter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sscontrold.domain.limits import ConnectionCounter
+from sscontrold.metrics import CountGauge, LatencyHistogram, MessageCounter
 
 
 def exposition(registry) -> str:
@@ -36,3 +39,23 @@ def test_latency_histogram_exposes_what_a_histogram_would():
             real.observe(value)
     assert exposition(ours) == exposition(reference)
     assert 't_latency_seconds_bucket{le="0.001"} 3.0' in exposition(ours)
+
+
+def test_count_gauge_exposes_what_a_gauge_would_and_follows_its_counters():
+    ours, reference = CollectorRegistry(), CollectorRegistry()
+    gauge = CountGauge("t_open", "Open connections.", registry=ours)
+    real = Gauge("t_open", "Open connections.", registry=reference)
+    first, second = ConnectionCounter(10, 10), ConnectionCounter(10, 10)  # two nodes in one process
+    gauge.count(first)
+    gauge.count(second)
+    gauge.count(first)  # counted once however often it is added
+    for counter, address in ((first, "a"), (first, "b"), (second, "a")):
+        assert counter.try_open(address) is None
+        real.inc()
+    first.close("a")
+    real.dec()
+    assert exposition(ours) == exposition(reference)
+    assert "t_open 2.0" in exposition(ours)
+    del second, counter  # a node gone: its connections leave the gauge with it
+    gc.collect()
+    assert "t_open 1.0" in exposition(ours)
