@@ -11,9 +11,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import txaio
+from autobahn import util as ab_util
+from autobahn.twisted import websocket as ab_twisted
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket import protocol as ab_protocol
 from twisted.internet import epollreactor, tcp
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from sscontrold import shortcuts
 from sscontrold.protocol import SignalingProtocol
@@ -143,6 +147,8 @@ def test_the_setting_switches_the_shortcuts_and_both_paths_relay(start_service, 
     assert shortcuts.state() == {"twisted_tcp": on, "twisted_reactor": on, "twisted_web": on, "autobahn": on,
                                  "txredisapi": False}
     assert all(module.GUARDS for module in shortcuts.MODULES)  # bounds stay either way
+    assert (ab_protocol.hltype is ab_shortcuts._TypeName) == on
+    assert (ab_twisted.hltype is ab_shortcuts._TypeName) == on
     relay_works(site)
     assert bool(read_by_the_hot_path) == on
     assert not warnings_logged
@@ -187,6 +193,31 @@ def test_autobahn_missing_its_frame_state_falls_back_to_on_message(start_service
     assert not ab_shortcuts.SHORTCUTS and not ab_shortcuts.GUARDS
     relay_works(site)
     assert not read_by_the_hot_path
+
+
+def test_autobahn_debug_lines_still_name_their_methods(start_service, monkeypatch, restore_shortcuts):
+    """With the shortcut, Autobahn's debug names are worked out only for a line that is
+    written, and read as Autobahn's own."""
+    monkeypatch.delenv("SSCONTROL_SHORTCUTS", raising=False)
+    site = start_service()
+    assert ab_protocol.hltype is ab_shortcuts._TypeName
+    lines: list[str] = []
+
+    def autobahn_lines(event):
+        if event.get("log_namespace", "").startswith("autobahn"):
+            lines.append(formatEvent(event))
+
+    level = txaio.get_global_log_level()
+    globalLogPublisher.addObserver(autobahn_lines)
+    txaio.set_global_log_level("debug")
+    try:
+        relay_works(site)
+    finally:
+        txaio.set_global_log_level(level)
+        globalLogPublisher.removeObserver(autobahn_lines)
+    name = ab_util.hltype(ab_protocol.WebSocketServerProtocol.processHandshake)
+    assert name.startswith("<autobahn.websocket.protocol.")
+    assert any(line.startswith(name) for line in lines), lines[:5]
 
 
 def test_the_check_finds_a_missing_attribute_and_instance_attribute():

@@ -14,6 +14,10 @@
   its ~30 options onto each new connection. Public path: the class as it is.
 - ``forget_handshake`` (shortcut): drop the handshake's key, kept for the life of the
   connection. Public path: keep it.
+- debug names (shortcut): Autobahn formats ``hltype(method)`` for a debug line about
+  seven times per connection whether or not the line is written (a tenth of a
+  plain connection's cost in the daemon); the modules that do get ``_TypeName``,
+  which formats it only if the line is written. Public path: ``autobahn.util.hltype``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 from types import FunctionType
 from typing import TypeVar, cast
 
+from autobahn import util as ab_util
+from autobahn.twisted import websocket as ab_twisted
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket import protocol as ab_protocol
 
@@ -33,16 +39,36 @@ OPEN = WebSocketServerProtocol.STATE_OPEN
 _PUBLIC_CLOSE_CODES = frozenset({1000, *range(3000, 5000)})
 
 
+_HLTYPE_USERS = (ab_protocol, ab_twisted)  # the modules that format hltype() for debug lines per connection
+
+
+class _TypeName:
+    """``autobahn.util.hltype(obj)`` for a debug line, worked out only when the line
+    is written (the log formats it with ``str``)."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: object):
+        self._obj = obj
+
+    def __str__(self) -> str:
+        return str(ab_util.hltype(self._obj))
+
+
 def check() -> list[str]:
     return (lacking_attributes(WebSocketServerProtocol, ("_dataReceived", "sendCloseFrame", "CONFIG_ATTRS"),
                                "autobahn WebSocketServerProtocol")
             + lacking_in_source(ab_protocol, ("data", "current_frame", "inside_message", "_wskey"),
-                                "autobahn WebSocketProtocol"))
+                                "autobahn WebSocketProtocol")
+            + [f"autobahn {module.__name__}.hltype" for module in _HLTYPE_USERS
+               if getattr(module, "hltype", None) not in (ab_util.hltype, _TypeName)])
 
 
 def use(shortcuts: bool, guards: bool) -> None:
     global SHORTCUTS, GUARDS
     SHORTCUTS, GUARDS = shortcuts, guards
+    for module in _HLTYPE_USERS:
+        module.hltype = _TypeName if shortcuts else ab_util.hltype  # type: ignore[attr-defined]
 
 
 def at_frame_border(protocol) -> bool:
