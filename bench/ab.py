@@ -4,7 +4,7 @@ reference relay, in one run on one machine: what a change costs, told from what
 the day's machine does to every figure.
 
     .venv/bin/python bench/ab.py --old 2d09f22              # 2 rounds, ~5 minutes
-    .venv/bin/python bench/ab.py --old 2d09f22 --rounds 3
+    .venv/bin/python bench/ab.py --old 2d09f22 --rounds 3 --only relay
     .venv/bin/python bench/ab.py --old-twistd /path/to/.venv/bin/twistd
 
 ``--old REV`` checks REV out into build/ab/REV (a git worktree) and makes its
@@ -61,7 +61,9 @@ def main() -> int:
     old.add_argument("--old", metavar="REV", help="a git revision of this repository")
     old.add_argument("--old-twistd", type=Path, metavar="PATH", help="an installed build's twistd")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--only", choices=[name.split()[0] for name in WORKLOADS], help="one workload")
     args = p.parse_args()
+    workloads = {name: w for name, w in WORKLOADS.items() if args.only in (None, name.split()[0])}
     old_twistd = args.old_twistd or build_old(args.old)
     builds = {"new": None, "old": [str(old_twistd)]}
     harness.raise_fd_limit(65536)
@@ -70,7 +72,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sscontrol-ab-") as tmp:
         for rnd in range(args.rounds):
             order = ["new", "old", "reference"] if rnd % 2 == 0 else ["reference", "old", "new"]
-            for name, (gen, key) in WORKLOADS.items():
+            for name, (gen, key) in workloads.items():
                 for variant in order:
                     harness.wait_quiet(20)
                     kind = "reference" if variant == "reference" else "sscontrold"
@@ -86,7 +88,7 @@ def main() -> int:
                           f"{cpu:7.1f} us/op  other CPU {rec.get('other_cpu_pct')} %", flush=True)
     print(f"\nmedians of {args.rounds} rounds: ratio to the reference (rate: higher is better; "
           "CPU per op: lower is better), and new/old")
-    for name, (_gen, key) in WORKLOADS.items():
+    for name, (_gen, key) in workloads.items():
         ref_rate = median([r for r, _ in figures[(name, "reference")]])
         ref_cpu = median([c for _, c in figures[(name, "reference")]])
         ratios = {}
