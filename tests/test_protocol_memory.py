@@ -350,12 +350,12 @@ def test_invalid_utf8_closes_1007(mem):
 
 
 def test_a_bug_while_handling_a_message_closes_1011(mem, monkeypatch):
-    from sscontrold.domain.client import Client
+    from sscontrold.domain import client
 
     def broken(self, message):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(Client, "handle_join", broken)
+    monkeypatch.setitem(client._HANDLERS, "join", broken)  # the dispatch table the client reads
     a, b = mem.connect(), mem.connect()
     a.send({"type": "join", "room_id": "r"})
     assert a.close_code() == 1011 and a.closed_with[1] == "internal error"

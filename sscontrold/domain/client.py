@@ -253,9 +253,8 @@ class Client:
             messages["invalid"] += 1
             self.send_error("missing or non-string field 'type'", "bad_message")
             return REFUSED
-        handler = getattr(self, "handle_" + kind, None) if kind.isidentifier() else None
-        extension = self._extensions.get(kind)
-        if handler is None and extension is None:
+        handler = _HANDLERS.get(kind) or self._extensions.get(kind)
+        if handler is None:
             messages["unknown"] += 1
             self.send_error(f"unknown message type {kind[:32]!r}", "unknown_type")
             return REFUSED
@@ -264,10 +263,7 @@ class Client:
             self.send_error("authentication required", "auth_required")
             return REFUSED
         try:
-            if handler is not None:
-                step = handler(message)
-            else:  # then an extension is set (checked above)
-                step = cast(Extension, extension)(self, message)
+            step = handler(self, message)
         except BadMessage as e:
             self.send_error(e.message, e.code)
             return REFUSED
@@ -533,3 +529,9 @@ class Client:
             self.events.emit("warn", "auth.timeout", address=self.address, peer_id=self.peer_id)
             self.recorder.auth("refused", "timeout")
             self.close(CLOSE_POLICY_VIOLATION, "authentication timeout")
+
+
+# A message's type -> its handler (the Client's handle_<type>, called with the client):
+# one lookup per message, where getattr would first build the name.
+_HANDLERS: dict[str, Callable[[Client, dict[str, Any]], Any]] = {
+    name.removeprefix("handle_"): handler for name, handler in vars(Client).items() if name.startswith("handle_")}
