@@ -142,7 +142,7 @@ class RedisLink(Service):
                                          connectTimeout=self.timeout, replyTimeout=self.timeout)
         # txredisapi.lazyConnection, with a protocol that moves more per reactor turn and
         # tells the link at once when its connection drops, and a capped back-off
-        factory = _LinkFactory(f"{parts.hostname}:{parts.port or 6379}", dbid, 1, isLazy=True,
+        factory = _LinkFactory(self._address, dbid, 1, isLazy=True,
                                password=password, replyTimeout=self.timeout, username=username)
         factory.link = self
         self._factory = factory

@@ -19,7 +19,6 @@ import hmac
 import json
 import os
 import signal
-import struct
 import time
 import uuid
 
@@ -31,28 +30,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisc
 
 from sscontrold import tap
 
+from wsclient import RawPeer
+
 TEXT, CONTINUATION, BINARY, CLOSE, PING, PONG = 0x1, 0x0, 0x2, 0x8, 0x9, 0xA
 CHROME_EXTENSIONS = "permessage-deflate; client_max_window_bits"
 MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
 
 
-def frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, rsv: int = 0,
-          long_length: bool = False) -> bytes:
-    """A client frame (``long_length``: a 16-bit length even when 7 bits do, which
-    RFC 6455 forbids)."""
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    mask_bit = 0x80 if masked else 0
-    n = len(payload)
-    if n < 126 and not long_length:
-        head += bytes([mask_bit | n])
-    elif n < 65536:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack("!Q", n)
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+frame = RawPeer.frame  # a client frame as bytes: the socket client's own
 
 
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
