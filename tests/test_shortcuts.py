@@ -220,6 +220,21 @@ def test_autobahn_debug_lines_still_name_their_methods(start_service, monkeypatc
     assert any(line.startswith(name) for line in lines), lines[:5]
 
 
+def test_a_module_formatting_its_debug_names_otherwise_is_left_alone(monkeypatch, restore_shortcuts):
+    """An Autobahn whose modules no longer use hltype: the debug-name shortcut leaves
+    them as they are, and the module's other shortcuts and its guards stay on."""
+
+    def their_own(obj):
+        return "theirs"
+
+    monkeypatch.setattr(ab_protocol, "hltype", their_own)
+    assert shortcuts.configure(True) == []
+    assert ab_protocol.hltype is their_own and ab_twisted.hltype is ab_shortcuts._TypeName
+    assert ab_shortcuts.SHORTCUTS and ab_shortcuts.GUARDS
+    shortcuts.configure(False)
+    assert ab_protocol.hltype is their_own and ab_twisted.hltype is ab_util.hltype
+
+
 def test_the_check_finds_a_missing_attribute_and_instance_attribute():
     class Old:
         def __init__(self):

@@ -17,7 +17,8 @@
 - debug names (shortcut): Autobahn formats ``hltype(method)`` for a debug line about
   seven times per connection whether or not the line is written (a tenth of a
   plain connection's cost in the daemon); the modules that do get ``_TypeName``,
-  which formats it only if the line is written. Public path: ``autobahn.util.hltype``.
+  which formats it only if the line is written. Public path: ``autobahn.util.hltype``;
+  a version without it in those modules is left as it is (nothing to check).
 """
 
 from __future__ import annotations
@@ -59,16 +60,26 @@ def check() -> list[str]:
     return (lacking_attributes(WebSocketServerProtocol, ("_dataReceived", "sendCloseFrame", "CONFIG_ATTRS"),
                                "autobahn WebSocketServerProtocol")
             + lacking_in_source(ab_protocol, ("data", "current_frame", "inside_message", "_wskey"),
-                                "autobahn WebSocketProtocol")
-            + [f"autobahn {module.__name__}.hltype" for module in _HLTYPE_USERS
-               if getattr(module, "hltype", None) not in (ab_util.hltype, _TypeName)])
+                                "autobahn WebSocketProtocol"))
 
 
 def use(shortcuts: bool, guards: bool) -> None:
     global SHORTCUTS, GUARDS
     SHORTCUTS, GUARDS = shortcuts, guards
+    _lazy_debug_names(shortcuts)
+
+
+def _lazy_debug_names(on: bool) -> None:
+    """Give the modules that format ``hltype`` per connection the lazy one (or theirs
+    back). Only where a module still holds Autobahn's own (or ours): a version that
+    formats its debug lines some other way is left as it is, and the rest of this
+    module's shortcuts and guards do not depend on it."""
+    original = getattr(ab_util, "hltype", None)
+    if original is None:
+        return
     for module in _HLTYPE_USERS:
-        module.hltype = _TypeName if shortcuts else ab_util.hltype  # type: ignore[attr-defined]
+        if getattr(module, "hltype", None) in (original, _TypeName):
+            module.hltype = _TypeName if on else original  # type: ignore[attr-defined]
 
 
 def at_frame_border(protocol) -> bool:
