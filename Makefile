@@ -190,7 +190,7 @@ unit-test: packaging-deps
 BENCH_NPM := bench/reference/node_modules/.package-lock.json bench/loadgen/node_modules/.package-lock.json
 BENCH_ARGS ?=
 
-.PHONY: bench-smoke bench-deps bench-workers
+.PHONY: bench-smoke bench-deps bench-workers bench-ab
 
 bench-deps: node-deps
 	@command -v taskset >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
@@ -211,6 +211,14 @@ bench: $(STAMP) bench-deps system-deps $(BENCH_NPM)
 #                      its targets; nothing pinned. ~6 minutes (2 rounds).
 bench-workers: $(STAMP) bench-deps system-deps $(BENCH_NPM)
 	$(BIN)/python bench/run.py --only cores $(BENCH_ARGS)
+
+# make bench-ab BENCH_OLD=<rev> -> bench/ab.py: this checkout's daemon against the build of
+#                      <rev> (checked out and installed under build/ab/ once), each beside
+#                      the reference, alternating; relay C=2000 W=16 and churn plain. ~5 minutes.
+BENCH_OLD ?=
+bench-ab: $(STAMP) bench-deps system-deps $(BENCH_NPM)
+	@test -n "$(BENCH_OLD)" || { echo "make bench-ab: say which build to compare with: BENCH_OLD=<git revision>"; exit 2; }
+	$(BIN)/python bench/ab.py --old $(BENCH_OLD) $(BENCH_ARGS)
 
 bench-smoke: $(STAMP) bench-deps
 	bench/smoke.sh

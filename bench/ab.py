@@ -3,9 +3,12 @@
 reference relay, in one run on one machine: what a change costs, told from what
 the day's machine does to every figure.
 
-    .venv/bin/python bench/ab.py --old 2d09f22              # 2 rounds, ~5 minutes
-    .venv/bin/python bench/ab.py --old 2d09f22 --rounds 3 --only relay
-    .venv/bin/python bench/ab.py --old-twistd /path/to/.venv/bin/twistd
+    make bench-ab BENCH_OLD=2d09f22                         # 2 rounds, ~5 minutes
+    make bench-ab BENCH_OLD=2d09f22 BENCH_ARGS="--rounds 3 --only relay"
+    .venv/bin/python bench/ab.py --old-twistd /path/to/.venv/bin/twistd   # after one make bench-ab
+
+`make bench-ab` installs what the bench needs (the virtualenv, node and the reference's
+`ws`) and runs ``bench/ab.py --old $(BENCH_OLD)``.
 
 ``--old REV`` checks REV out into build/ab/REV (a git worktree) and makes its
 virtualenv there (`make venv`), once. Each round runs every workload against the
@@ -44,11 +47,12 @@ def build_old(rev: str) -> Path:
                          check=True).stdout.strip()
     tree = ROOT / "build" / "ab" / sha
     if not tree.exists():
+        # `make clean` removes build/ but git still lists the worktree: forget it first
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=True)
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=ROOT, check=True)
-    twistd = tree / ".venv" / "bin" / "twistd"
-    if not twistd.exists():
+    if not (tree / ".venv" / ".installed").exists():  # the Makefile's stamp: made whole, or made again
         subprocess.run(["make", "venv"], cwd=tree, check=True)
-    return twistd
+    return tree / ".venv" / "bin" / "twistd"
 
 
 def median(values: list[float]) -> float:
