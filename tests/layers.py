@@ -17,6 +17,7 @@ process layer. At the end of a run the counts and test time of each layer are pr
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 
 import pytest
@@ -107,6 +108,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             fast_seconds += _seconds[layer]
             fast_count += sum(_outcomes[layer].values())
     if fast_count:
-        verdict = "within" if fast_seconds < FAST_BUDGET_SECONDS else "OVER"
+        if _under_coverage():  # tracing every line slows them: the budget is make check's
+            verdict = f"measured under coverage; `make check` holds them to the {FAST_BUDGET_SECONDS:.0f} s budget"
+        else:
+            verdict = ("within" if fast_seconds < FAST_BUDGET_SECONDS else "OVER") + \
+                f" the {FAST_BUDGET_SECONDS:.0f} s budget"
         terminalreporter.write_line(f"fast layers: {fast_count} tests in {fast_seconds:.1f} s of test time "
-                                    f"({verdict} the {FAST_BUDGET_SECONDS:.0f} s budget)")
+                                    f"({verdict})")
+
+
+def _under_coverage() -> bool:
+    coverage = sys.modules.get("coverage")
+    return coverage is not None and coverage.Coverage.current() is not None
