@@ -15,6 +15,7 @@ from __future__ import annotations
 import weakref
 from bisect import bisect_left
 from collections import defaultdict
+from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -70,27 +71,36 @@ class LatencyHistogram:
         yield family
 
 
-class CountGauge:
-    """A gauge read at scrape time from the counters that already hold its value (a
-    ``ConnectionCounter``'s ``total``, one per node of the process): nothing to
-    update per connection."""
+class LiveGauge:
+    """A gauge read at scrape time from live objects that already hold its value (a
+    node's ``ConnectionCounter``, a ``RedisLink``): nothing to update as they change.
+    ``value`` turns the sources still alive into the sample, or None for none."""
 
-    def __init__(self, name: str, documentation: str, registry=REGISTRY):
+    def __init__(self, name: str, documentation: str, value: Callable[[list[Any]], float | None],
+                 registry=REGISTRY):
         self.name = name
         self.documentation = documentation
+        self._value = value
         self._sources: weakref.WeakSet = weakref.WeakSet()
         if registry is not None:
             registry.register(self)
 
-    def count(self, source) -> None:
-        """Add ``source.total`` to the gauge for as long as ``source`` lives."""
+    def add(self, source: Any) -> None:
+        """Let ``source`` count for as long as it lives."""
         self._sources.add(source)
 
     def describe(self):
         return [GaugeMetricFamily(self.name, self.documentation)]
 
     def collect(self):
-        yield GaugeMetricFamily(self.name, self.documentation, value=sum(s.total for s in list(self._sources)))
+        value = self._value(list(self._sources))
+        if value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=value)
+
+
+def total_of(counters: list[Any]) -> int:
+    """The value of a LiveGauge of ConnectionCounters: their totals, summed over the nodes of the process."""
+    return sum(counter.total for counter in counters)
 
 
 # The domain's metrics (sscontrold.domain.metrics.Recorder says when each moves).

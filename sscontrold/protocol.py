@@ -25,7 +25,7 @@ from twisted.internet import abstract
 from twisted.logger import Logger
 
 from .domain.client import CLOSE_POLICY_VIOLATION, RELAYED, Client
-from .metrics import ERRORS, CountGauge, LatencyHistogram
+from .metrics import ERRORS, LatencyHistogram, LiveGauge, total_of
 from .shortcuts import autobahn as ab_shortcuts
 from .shortcuts import twisted_tcp
 from .web import REQUESTS, client_address, endpoint_label
@@ -56,7 +56,7 @@ log = Logger(namespace="sscontrold.protocol")
 CLOSE_INTERNAL_ERROR = 1011
 RESUMABLE_CLOSE_CODES = frozenset({1012})  # service restart: reconnect and resume
 
-ACTIVE = CountGauge("sscontrol_active_connections", "Open WebSocket connections.")
+ACTIVE = LiveGauge("sscontrol_active_connections", "Open WebSocket connections.", total_of)
 QUEUE_OVERFLOWS = Counter("sscontrol_queue_overflows_total", "WebSocket peers closed (1008) because more than "
                           "max_queued_bytes waited to be sent to them: they did not read.")
 RELAY_LATENCY = LatencyHistogram("sscontrol_relay_latency_seconds", "From a relayed message read to its copy "
@@ -345,7 +345,7 @@ class SignalingFactory(WebSocketServerFactory):
     def __init__(self, node, settings, reactor=None):
         WebSocketServerFactory.__init__(self, server="sscontrol-signaling", reactor=reactor)
         self.node = node
-        ACTIVE.count(node.connections)
+        ACTIVE.add(node.connections)
         self.open_connections: set[SignalingProtocol] = set()
         self.batch = WriteBatch()
         self.fast_limit = 0

@@ -12,15 +12,13 @@ import os
 import random
 import secrets
 import socket
-import weakref
 from bisect import insort
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import orjson
 import txredisapi
-from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import Counter, Gauge
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, TimeoutError as DeferredTimeout,
@@ -34,35 +32,23 @@ from .domain.auth import MemoryNonceStore
 from .domain.cluster import ClusterUnavailable
 from .domain.compare import same_secret
 from .logging import Events
+from .metrics import LiveGauge
 from .shortcuts import twisted_tcp
 from .shortcuts import txredisapi as redis_guards
 
 
-class RedisUpCollector:
-    """sscontrol_redis_up, read from the links at each scrape: 1 while this node reaches
-    Redis, 0 while it does not (also before it ever has). Only a process with a
-    RedisLink (redis_url set) exports it: without Redis there is no sample, so
-    `sscontrol_redis_up == 0` means "configured and unreachable", nothing else."""
-
-    NAME = ("sscontrol_redis_up", "1 while this node reaches Redis, 0 while it does not; absent without redis_url.")
-
-    def __init__(self):
-        self._links: weakref.WeakSet[RedisLink] = weakref.WeakSet()
-
-    def add(self, link: RedisLink) -> None:
-        self._links.add(link)
-
-    def describe(self):
-        return [GaugeMetricFamily(*self.NAME)]
-
-    def collect(self):
-        links = list(self._links)
-        if links:
-            yield GaugeMetricFamily(*self.NAME, value=1 if all(link.up for link in links) else 0)
+def _all_up(links: list[RedisLink]) -> int | None:
+    """sscontrol_redis_up: 1 while this node reaches Redis, 0 while it does not (also
+    before it ever has). Only a process with a RedisLink (redis_url set) exports it:
+    without Redis there is no sample, so `sscontrol_redis_up == 0` means "configured
+    and unreachable", nothing else."""
+    if not links:
+        return None
+    return 1 if all(link.up for link in links) else 0
 
 
-REDIS_UP = RedisUpCollector()
-REGISTRY.register(REDIS_UP)
+REDIS_UP = LiveGauge("sscontrol_redis_up", "1 while this node reaches Redis, 0 while it does not; absent without "
+                     "redis_url.", _all_up)
 RECONNECTS = Counter("sscontrol_redis_reconnect_attempts_total",
                      "Attempts to (re)connect to Redis after a failed one, by connection (link, subscriber).",
                      ["connection"])

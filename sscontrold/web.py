@@ -19,7 +19,7 @@ from twisted.web.server import Request, Site
 from . import __version__
 from .domain.origins import OriginPolicy
 from .shortcuts import twisted_web
-from .metrics import CountGauge
+from .metrics import LiveGauge, total_of
 
 log = Logger(namespace="sscontrold.web")
 
@@ -30,8 +30,8 @@ ENDPOINTS = {"": "/", "ws": "/ws", "health": "/health", "turn": "/turn", "api": 
              "ready": "/ready", "live": "/live", "metrics": "/metrics"}
 
 
-HTTP_OPEN = CountGauge("sscontrol_http_connections", "Connections of the public port not (yet) upgraded to a "
-                       "WebSocket, counted from accept.")
+HTTP_OPEN = LiveGauge("sscontrol_http_connections", "Connections of the public port not (yet) upgraded to a "
+                      "WebSocket, counted from accept.", total_of)
 HTTP_REFUSED = Counter("sscontrol_http_connections_refused_total", "Connections of the public port closed at "
                        "accept: max_http_connections (total) or max_http_connections_per_ip (per_address).",
                        ["scope"])
@@ -404,7 +404,7 @@ class QuietSite(Site):
         self.max_body_bytes = max_body_bytes
         self.node = node
         if node is not None:
-            HTTP_OPEN.count(node.http_connections)
+            HTTP_OPEN.add(node.http_connections)
         self._refusals = 0  # since the last warning line
         self._warned_at = float("-inf")
 

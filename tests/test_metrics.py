@@ -9,7 +9,7 @@ import gc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sscontrold.domain.limits import ConnectionCounter
-from sscontrold.metrics import CountGauge, LatencyHistogram, MessageCounter
+from sscontrold.metrics import LatencyHistogram, LiveGauge, MessageCounter, total_of
 
 
 def exposition(registry) -> str:
@@ -41,14 +41,14 @@ def test_latency_histogram_exposes_what_a_histogram_would():
     assert 't_latency_seconds_bucket{le="0.001"} 3.0' in exposition(ours)
 
 
-def test_count_gauge_exposes_what_a_gauge_would_and_follows_its_counters():
+def test_live_gauge_exposes_what_a_gauge_would_and_follows_its_counters():
     ours, reference = CollectorRegistry(), CollectorRegistry()
-    gauge = CountGauge("t_open", "Open connections.", registry=ours)
+    gauge = LiveGauge("t_open", "Open connections.", total_of, registry=ours)
     real = Gauge("t_open", "Open connections.", registry=reference)
     first, second = ConnectionCounter(10, 10), ConnectionCounter(10, 10)  # two nodes in one process
-    gauge.count(first)
-    gauge.count(second)
-    gauge.count(first)  # counted once however often it is added
+    gauge.add(first)
+    gauge.add(second)
+    gauge.add(first)  # counted once however often it is added
     for counter, address in ((first, "a"), (first, "b"), (second, "a")):
         assert counter.try_open(address) is None
         real.inc()
@@ -59,3 +59,9 @@ def test_count_gauge_exposes_what_a_gauge_would_and_follows_its_counters():
     del second, counter  # a node gone: its connections leave the gauge with it
     gc.collect()
     assert "t_open 1.0" in exposition(ours)
+
+
+def test_live_gauge_without_a_value_exports_no_sample():
+    registry = CollectorRegistry()
+    LiveGauge("t_up", "Up.", lambda sources: None if not sources else 1, registry=registry)
+    assert "t_up " not in exposition(registry)
