@@ -204,13 +204,12 @@ class Client:
         verdict = self._bucket.take()
         if verdict != "ok":
             self._rate_refused(verdict)
-            self._messages["rate_limited"] += 1
             return False
         self._messages[kind] += 1
         return True
 
     def _rate_refused(self, verdict: str) -> None:
-        """A message over the rate: warn, and answer with an error or close."""
+        """A message over the rate: warn, answer with an error or close, count it."""
         self.events.emit("warn", "limit.rate", address=self.address, device_id=self.device_id,
                          peer_id=self.peer_id, action=verdict)
         if verdict == "close":
@@ -218,6 +217,7 @@ class Client:
             self.close(CLOSE_POLICY_VIOLATION, "message rate limit exceeded")
         else:
             self.send_error("rate limit exceeded: slow down", "rate_limited")
+        self._messages["rate_limited"] += 1
 
     def _dispatch(self, payload: bytes, is_binary: bool) -> Outcome:
         # Each message is counted once by its type label (handler names and a few
@@ -226,7 +226,6 @@ class Client:
         verdict = self._bucket.take()
         if verdict != "ok":
             self._rate_refused(verdict)
-            messages["rate_limited"] += 1
             return REFUSED
         if is_binary:
             messages["invalid"] += 1
