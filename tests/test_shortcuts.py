@@ -195,12 +195,18 @@ def test_autobahn_missing_its_frame_state_falls_back_to_on_message(start_service
     assert not read_by_the_hot_path
 
 
-def test_autobahn_debug_lines_still_name_their_methods(start_service, monkeypatch, restore_shortcuts):
+# restore_shortcuts first: it is then torn down last, after monkeypatch has put Autobahn's hltype back
+def test_autobahn_debug_lines_still_name_their_methods(restore_shortcuts, start_service, monkeypatch):
     """With the shortcut, Autobahn's debug names are worked out only for a line that is
     written, and read as Autobahn's own."""
     monkeypatch.delenv("SSCONTROL_SHORTCUTS", raising=False)
     site = start_service()
     assert ab_protocol.hltype is ab_shortcuts._TypeName
+    formatted = []
+    real_hltype = ab_util.hltype
+    monkeypatch.setattr(ab_util, "hltype", lambda obj: formatted.append(obj) or real_hltype(obj))
+    relay_works(site)  # debug lines off, as the daemon runs: no name is worked out
+    assert formatted == []
     lines: list[str] = []
 
     def autobahn_lines(event):
@@ -218,6 +224,7 @@ def test_autobahn_debug_lines_still_name_their_methods(start_service, monkeypatc
     name = ab_util.hltype(ab_protocol.WebSocketServerProtocol.processHandshake)
     assert name.startswith("<autobahn.websocket.protocol.")
     assert any(line.startswith(name) for line in lines), lines[:5]
+    assert formatted  # written lines: worked out then
 
 
 def test_a_module_formatting_its_debug_names_otherwise_is_left_alone(monkeypatch, restore_shortcuts):
